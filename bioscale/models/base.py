@@ -1,0 +1,90 @@
+"""A sequential stack of layers, the structure target propagation and DFA need."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class Layer(nn.Module):
+    """h_l = activation(op(h_{l-1})), flattening the input first when ``op`` is fully connected.
+
+    ``in_shape``/``out_shape`` are per-example shapes, so inverse layers can be built without a forward pass.
+    """
+
+    def __init__(
+        self,
+        op: nn.Module,
+        activation: nn.Module | None,
+        in_shape: tuple[int, ...],
+        out_shape: tuple[int, ...],
+        flatten: bool = False,
+    ) -> None:
+        super().__init__()
+        self.op = op
+        self.activation = activation if activation is not None else nn.Identity()
+        self.in_shape = tuple(in_shape)
+        self.out_shape = tuple(out_shape)
+        self.flatten = flatten
+
+    def pre_activation(self, x: Tensor) -> Tensor:
+        if self.flatten:
+            x = x.flatten(1)
+        return self.op(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.activation(self.pre_activation(x))
+
+
+class LayeredNet(nn.Module):
+    """h_0 = x, h_l = layers[l-1](h_{l-1}); the last layer returns logits (softmax lives in the loss)."""
+
+    def __init__(self, layers: list[Layer]) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def forward_all(self, x: Tensor) -> list[Tensor]:
+        """[h_1, ..., h_L]: every layer's output, the last one being the logits."""
+        hs = []
+        for layer in self.layers:
+            x = layer(x)
+            hs.append(x)
+        return hs
+
+    @property
+    def output_layer(self) -> Layer:
+        return self.layers[-1]  # type: ignore[return-value]
+
+
+def glorot_(op: nn.Module) -> None:
+    """Glorot-uniform weights and zero biases, as Bartunov et al. initialise every layer."""
+    with torch.no_grad():
+        nn.init.xavier_uniform_(op.weight) if op.weight.dim() == 2 else _glorot_nd(op.weight)
+        if getattr(op, "bias", None) is not None:
+            op.bias.zero_()
+
+
+def _glorot_nd(weight: Tensor) -> None:
+    # conv (out, in, kh, kw) and LC (oh, ow, out, in, kh, kw): fan_in = in*kh*kw, fan_out = out*kh*kw
+    in_c, kh, kw = weight.shape[-3:]
+    out_c = weight.shape[-4]
+    bound = (6.0 / (in_c * kh * kw + out_c * kh * kw)) ** 0.5
+    weight.uniform_(-bound, bound)
+
+
+def output_module(model: nn.Module) -> nn.Module:
+    """The layer that produces the logits: a LayeredNet's last op, else the last Linear in the model."""
+    if isinstance(model, LayeredNet):
+        return model.output_layer.op
+    last = None
+    for module in model.modules():
+        if isinstance(module, nn.Linear) or hasattr(module, "feedback_weight") and module.weight.dim() == 2:
+            last = module
+    if last is None:
+        raise ValueError(f"{type(model).__name__} has no linear output layer")
+    return last

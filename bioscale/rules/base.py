@@ -1,0 +1,129 @@
+"""The rule contract. A rule owns one batch's parameter update; the trainer owns everything around it."""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from bioscale.models.base import output_module
+from bioscale.optim import batch_manhattan_, build_optimizer, set_epoch_lr
+from bioscale.spec import OptimSpec
+
+
+@dataclass
+class StepOutput:
+    loss: Tensor
+    """Detached scalar: the task loss on this batch (no host sync needed to produce it)."""
+    logits: Tensor | None = None
+    """Detached class scores for this batch, for the running train error."""
+
+
+class Rule(ABC):
+    family: ClassVar[str] = "backward"
+
+    def __init__(self, params: BaseModel, optim: OptimSpec, inverse_optim: OptimSpec | None = None) -> None:
+        self.params = params
+        self.optim = optim
+        self.inverse_optim = inverse_optim
+        self.model: nn.Module | None = None
+        self.optimizers: dict[str, Optimizer] = {}
+        self.device = torch.device("cpu")
+        self.amp = False
+        self.criterion = nn.CrossEntropyLoss()
+
+    @abstractmethod
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Adapt ``model`` to the rule (swap layers, attach inverses); return the model to train."""
+
+    def setup(self, device: torch.device, amp: bool = False) -> None:
+        """Called once the model is on ``device``: build the optimisers."""
+        self.device = torch.device(device)
+        self.amp = amp and self.device.type == "cuda"
+        self.optimizers = self.build_optimizers()
+
+    def build_optimizers(self) -> dict[str, Optimizer]:
+        return {"model": build_optimizer(self.param_groups(), self.optim)}
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """All trainable parameters; the output layer in its own group when ``last_layer_lr`` is set."""
+        assert self.model is not None
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.optim.last_layer_lr is None:
+            return [{"params": params}]
+        last = {id(p) for p in output_module(self.model).parameters()}
+        return [
+            {"params": [p for p in params if id(p) not in last]},
+            {"params": [p for p in params if id(p) in last], "lr": self.optim.last_layer_lr},
+        ]
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    @abstractmethod
+    def train_step(self, x: Tensor, y: Tensor) -> StepOutput:
+        """Update the parameters on one batch."""
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Set learning rates for ``epoch`` (0-based); target rules also pick the alternating phase here."""
+        for name, opt in self.optimizers.items():
+            spec = self.inverse_optim if name == "inverse" and self.inverse_optim else self.optim
+            set_epoch_lr(opt, spec, epoch)
+
+    def diagnostics(self, x: Tensor, y: Tensor) -> dict[str, float]:
+        """Per-layer measurements on one batch (alignment angles, ...), logged each epoch."""
+        return {}
+
+    def current_lr(self) -> float | None:
+        opt = self.optimizers.get("model")
+        return float(opt.param_groups[0]["lr"]) if opt else None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizers": {k: o.state_dict() for k, o in self.optimizers.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k, o in self.optimizers.items():
+            o.load_state_dict(state["optimizers"][k])
+
+
+class BackwardRule(Rule):
+    """Rules that only change what flows backward: forward, loss, backward, step."""
+
+    family = "backward"
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        self.model = self.convert(model)
+        return self.model
+
+    def convert(self, model: nn.Module) -> nn.Module:
+        """Swap layers for the rule's feedback layers; backprop keeps the model as it is."""
+        return model
+
+    def train_step(self, x: Tensor, y: Tensor) -> StepOutput:
+        assert self.model is not None
+        opt = self.optimizers["model"]
+        opt.zero_grad(set_to_none=True)
+        with self.autocast():
+            logits = self.model(x)
+            loss = self.criterion(logits, y)
+        loss.backward()
+        self.before_step()
+        if getattr(self.params, "batch_manhattan", False):
+            batch_manhattan_(opt)
+        opt.step()
+        self.after_step()
+        return StepOutput(loss.detach(), logits.detach())
+
+    def before_step(self) -> None:
+        """Hook between backward and the optimiser step (e.g. Kolen-Pollack's feedback update)."""
+
+    def after_step(self) -> None:
+        """Hook after the optimiser step (e.g. redrawing random feedback magnitudes)."""

@@ -1,0 +1,165 @@
+"""The one schema: pydantic models shared by grid files, the CLI, the store and the report.
+
+Every model forbids unknown keys, so a misspelt key in a grid is an error, never a silent default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+
+Status = Literal["done", "failed", "diverged", "running", "pending"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Component(Strict):
+    """A named, registered thing (rule, arch, dataset) and its parameters.
+
+    A bare string is shorthand for ``{name: <string>}``.
+    """
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+
+class DatasetSpec(Component):
+    pass
+
+
+class ArchSpec(Component):
+    pass
+
+
+class RuleSpec(Component):
+    pass
+
+
+class LRSchedule(Strict):
+    """Step decay: lr is multiplied by ``gamma`` every ``step_size`` epochs (Xiao's code: 0.1 every 10)."""
+
+    name: Literal["step"] = "step"
+    step_size: PositiveInt = 30
+    gamma: PositiveFloat = 0.1
+
+
+class OptimSpec(Strict):
+    name: Literal["adam", "sgd"] = "adam"
+    lr: PositiveFloat = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: PositiveFloat = 1e-8
+    momentum: float = Field(0.0, ge=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    nesterov: bool = False
+    last_layer_lr: PositiveFloat | None = None
+    """Separate lr for the output layer (Xiao's ``--llr``); None means the same as ``lr``."""
+    schedule: LRSchedule | None = None
+
+
+class TrainSpec(Strict):
+    epochs: PositiveInt = 500
+    batch_size: PositiveInt = 128
+    eval_batch_size: PositiveInt = 1000
+    train_error: Literal["eval", "running"] = "eval"
+    """``eval``: a clean pass over the training set each epoch; ``running``: errors seen while training."""
+    device: str = "auto"
+    amp: bool = False
+    """bfloat16 autocast on CUDA; ignored on the CPU."""
+    compile: bool = False
+    checkpoint: bool = True
+    diagnostics_every: int = Field(1, ge=0)
+    """Epochs between diagnostics (alignment angles, ...); 0 turns them off."""
+    num_workers: int = Field(4, ge=0)
+
+
+# Fields that say where or how fast a job runs, not what it computes: they stay out of the job id, so
+# the same grid run on a laptop and on a cluster shares its results.
+RUNTIME_FIELDS: dict[str, set[str]] = {"train": {"device", "eval_batch_size", "num_workers", "checkpoint"}}
+
+
+class JobSpec(Strict):
+    dataset: DatasetSpec
+    arch: ArchSpec
+    rule: RuleSpec
+    optim: OptimSpec = Field(default_factory=OptimSpec)
+    inverse_optim: OptimSpec | None = None
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    seed: int = 0
+
+    def job_id(self) -> str:
+        """A short hash of the resolved job: stable across runs, machines and key order."""
+        data = self.model_dump(mode="json", exclude=RUNTIME_FIELDS)
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+class Override(Strict):
+    where: dict[str, Any] = Field(default_factory=dict)
+    set: dict[str, Any]
+
+
+class ExecutorSpec(Component):
+    """Where jobs run: ``inline``, ``local`` (a process pool) or ``slurm``."""
+
+
+class GridSpec(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    base: dict[str, Any]
+    axes: dict[str, list[Any]] = Field(default_factory=dict)
+    exclude: list[dict[str, Any]] = Field(default_factory=list)
+    overrides: list[Override] = Field(default_factory=list)
+    executor: ExecutorSpec | None = None
+
+
+class Provenance(Strict):
+    bioscale_version: str
+    torch_version: str | None = None
+    python_version: str
+    device: str | None = None
+    hostname: str
+    git_commit: str | None = None
+    started_at: str
+    finished_at: str | None = None
+
+
+class EpochMetrics(Strict):
+    """One line of ``metrics.jsonl``."""
+
+    epoch: int
+    train_loss: float
+    train_error: float
+    test_error: float
+    test_loss: float | None = None
+    top5_error: float | None = None
+    epoch_time_s: float
+    lr: float | None = None
+    diagnostics: dict[str, float] = Field(default_factory=dict)
+
+
+class JobResult(Strict):
+    """``result.json``: the outcome of one job. Errors are in %, as the papers report them."""
+
+    job_id: str
+    grid: str
+    status: Status
+    epochs: int = 0
+    train_error: float | None = None
+    test_error: float | None = None
+    top5_error: float | None = None
+    final_test_error: float | None = None
+    best_epoch: int | None = None
+    epoch_time_s: float | None = None
+    wall_time_s: float | None = None
+    error: str | None = None
+    provenance: Provenance | None = None
