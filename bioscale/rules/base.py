@@ -78,6 +78,14 @@ class Rule(ABC):
             spec = self.inverse_optim if name == "inverse" and self.inverse_optim else self.optim
             set_epoch_lr(opt, spec, epoch)
 
+    def phases(self, epoch: int) -> list[str]:
+        """Passes over the training set in ``epoch``. Alternating target rules return ["inverse",
+        "forward"]: one full pass training the inverses, then one training the forward weights."""
+        return ["train"]
+
+    def begin_phase(self, phase: str) -> None:
+        """Called before each pass that ``phases`` names."""
+
     def diagnostics(self, x: Tensor, y: Tensor) -> dict[str, float]:
         """Per-layer measurements on one batch (alignment angles, ...), logged each epoch."""
         return {}
