@@ -116,7 +116,9 @@ class GridSpec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     description: str = ""
     base: dict[str, Any]
-    axes: dict[str, list[Any]] = Field(default_factory=dict)
+    axes: dict[str, list[Any]] | list[dict[str, list[Any]]] = Field(default_factory=dict)
+    """A mapping: the cartesian product of its value lists. A list of mappings: the union of their
+    products, in order (for families whose parameters differ, e.g. target rules and their schedules)."""
     exclude: list[dict[str, Any]] = Field(default_factory=list)
     overrides: list[Override] = Field(default_factory=list)
     executor: ExecutorSpec | None = None
@@ -128,6 +130,7 @@ class Provenance(Strict):
     python_version: str
     device: str | None = None
     hostname: str
+    pid: int | None = None
     git_commit: str | None = None
     started_at: str
     finished_at: str | None = None

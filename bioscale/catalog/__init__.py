@@ -50,6 +50,10 @@ class DatasetInfo:
     summary: str
     family: str
     """The paper dataset it resembles ("mnist", "cifar10", "imagenet", "coco"): picks arch presets."""
+    input_shape: tuple[int, int, int] = (1, 28, 28)
+    """(C, H, W) a model sees with the default parameters: `bioscale arch summary` sizes a net without
+    loading the data."""
+    num_classes: int = 10
 
 
 RULES: Registry[RuleInfo] = Registry("rule")

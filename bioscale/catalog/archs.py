@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, PositiveInt
+from pydantic import BaseModel, ConfigDict, PositiveInt, field_validator
 
 from bioscale.catalog import ARCHS, ArchInfo
 
@@ -20,7 +20,18 @@ class LCParams(_Params):
     layers: list[tuple[PositiveInt, PositiveInt, PositiveInt]] | None = None
     """(kernel size, output channels, stride) per locally-connected layer; None is Table 3's preset."""
     hidden: list[PositiveInt] | None = None
-    """Fully-connected layers after the LC stack; None is Table 3's preset."""
+    """Fully-connected layers after the LC stack (may be empty); None is Table 3's preset."""
+
+    @field_validator("layers")
+    @classmethod
+    def _odd_kernels(cls, layers: list[tuple[int, int, int]] | None) -> list[tuple[int, int, int]] | None:
+        for i, (k, _, _) in enumerate(layers or []):
+            if k % 2 == 0:
+                raise ValueError(
+                    f"layer {i} has kernel size {k}; these nets zero-pad by k // 2 so that stride 1 keeps "
+                    "the shape, which needs an odd kernel size (e.g. 3, 5, 9)"
+                )
+        return layers
 
 
 class TorchvisionParams(_Params):

@@ -20,31 +20,39 @@ class BPParams(_Params):
 
 class BackwardParams(BPParams):
     feedback_init: Literal["xavier", "he-fanout", "xiao"] = "xavier"
-    """Scale of feedback matrices: ``xavier`` sqrt(2/(fan_in+fan_out)) as in BioTorch; ``he-fanout``
-    sqrt(2/fan_out); ``xiao`` as Xiao et al.'s code (conv: sqrt(2/(k*k*C_out)), linear: 1/sqrt(fan_in))."""
+    """Per-layer feedback scale s: ``xavier`` sqrt(2/(fan_in+fan_out)) as in BioTorch; ``he-fanout``
+    sqrt(2/fan_out); ``xiao`` as Xiao et al.'s code (conv: sqrt(2/(k*k*C_out)), linear: 1/sqrt(fan_in)),
+    with fan_in = C_in*k*k, fan_out = C_out*k*k. A random B (fa, kp, dfa) is N(0, s^2), except ``xiao`` on
+    a linear layer: U(-s, s) as in Xiao's code; ss uses B = s*sign(W); frsf/brsf use |M|*sign(W) with M
+    drawn like a random B."""
     last_layer_bp: bool = False
-    """Keep backprop in the output layer (Xiao's code default; Bartunov et al. apply the rule everywhere)."""
+    """Keep backprop in the output layer (Xiao's code default; Bartunov et al. apply the rule everywhere).
+    DFA always trains the output layer with its true gradient, so this changes nothing there."""
 
 
 class KPParams(BackwardParams):
     decay: float = Field(1e-4, ge=0.0)
-    """Weight decay applied to both W and B, which makes them converge (Kolen & Pollack)."""
+    """Weight decay applied to both W and B, which makes them converge (Kolen & Pollack): after each step
+    W <- (1 - lr*decay) W and B <- (1 - lr*decay) B at the layer's current lr, so W - B shrinks by that
+    factor every step (B gets exactly W's update otherwise)."""
 
 
 class TargetParams(_Params):
     schedule: Literal["parallel", "alternating"] = "parallel"
+    """``parallel``: an inverse and a forward step on every batch; ``alternating``: each epoch, one full
+    pass training the inverses, then one full pass training the forward weights (the original DTP code)."""
     sigma: float = Field(0.1, ge=0.0)
-    """Std of the Gaussian noise used to train the inverses."""
+    """Std of the Gaussian noise used to train the inverses (Table 5's σ)."""
 
 
 class DTPParams(TargetParams):
     alpha: PositiveFloat = 0.1
-    """Step size of the gradient step that sets the penultimate target."""
+    """Step size α of the penultimate target ĥ_{L-1} = h_{L-1} - α ∂L/∂h_{L-1}, L the per-example loss."""
 
 
 class AOSDTPParams(TargetParams):
     aux_units: PositiveInt = 512
-    """Size of the auxiliary random-feature output z (512 on CIFAR-10 in the paper)."""
+    """Size of the auxiliary output z = tanh(R h_{L-1}), R fixed and random (512 on CIFAR-10 in the paper)."""
 
 
 for _info in [

@@ -83,7 +83,7 @@ def output_module(model: nn.Module) -> nn.Module:
         return model.output_layer.op
     last = None
     for module in model.modules():
-        if isinstance(module, nn.Linear) or hasattr(module, "feedback_weight") and module.weight.dim() == 2:
+        if isinstance(module, nn.Linear) or (hasattr(module, "feedback_weight") and module.weight.dim() == 2):
             last = module
     if last is None:
         raise ValueError(f"{type(model).__name__} has no linear output layer")

@@ -85,6 +85,7 @@ class Rule(ABC):
 
     def begin_phase(self, phase: str) -> None:
         """Called before each pass that ``phases`` names."""
+        return None
 
     def diagnostics(self, x: Tensor, y: Tensor) -> dict[str, float]:
         """Per-layer measurements on one batch (alignment angles, ...), logged each epoch."""
@@ -132,6 +133,8 @@ class BackwardRule(Rule):
 
     def before_step(self) -> None:
         """Hook between backward and the optimiser step (e.g. Kolen-Pollack's feedback update)."""
+        return None
 
     def after_step(self) -> None:
         """Hook after the optimiser step (e.g. redrawing random feedback magnitudes)."""
+        return None

@@ -1,0 +1,3 @@
+from bioscale.cli import main
+
+main()

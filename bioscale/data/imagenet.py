@@ -1,0 +1,193 @@
+"""``imagenet``: ILSVRC-2012 as an ImageFolder tree, or the downsampled 32x32 / 64x64 npz variants.
+
+Full size (``downsampled: null``): ``root/train/<wnid>/*.JPEG`` and ``root/val/<wnid>/*.JPEG`` (the val
+images sorted into class folders, as torchvision's ImageFolder expects). Read by DataLoader worker
+processes (``LoadContext.num_workers``) with pinned memory and persistent workers. Preprocessing
+(``preprocess``):
+
+- ``xiao`` (Xiao et al.'s train.py): train RandomResizedCrop(224) + RandomHorizontalFlip; val and the
+  train-error pass Resize(256) + CenterCrop(224); all normalised with the ImageNet mean/std.
+- ``bartunov`` (Bartunov et al.: "resized to 224 x 224"): every image resized to 224x224 (aspect ratio not
+  kept), scaled to [0, 1], no augmentation and no normalisation.
+
+Random crops and flips are seeded per (job seed, epoch, image) so they repeat on resume.
+
+Downsampled (``downsampled: 32`` or ``64``, Chrabaszcz et al. 2017): ``train_data_batch_1.npz`` ..
+``train_data_batch_10.npz`` and ``val_data.npz`` in ``root`` (or in ``root/Imagenet{S}_train_npz`` and
+``root/Imagenet{S}_val_npz``, as the archives unpack), each with ``data`` (N, 3*S*S) uint8 (red plane,
+green plane, blue plane) and 1-based ``labels``. Held in host RAM as uint8, batches copied to the device;
+scaled to [0, 1]; ``xiao`` adds a random horizontal flip on the device.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from bioscale.catalog.datasets import ImageNetParams
+from bioscale.data.augment import flip_and_crop
+from bioscale.data.base import DataBundle, DataInfo
+from bioscale.data.loaders import DeviceDataLoader, HostTensorLoader
+from bioscale.data.split import subset_indices
+from bioscale.errors import DataError
+
+if TYPE_CHECKING:
+    from bioscale.data import LoadContext
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+NUM_CLASSES = 1000
+HOW_TO_GET = ("ImageNet cannot be downloaded automatically (its licence needs a login at image-net.org); "
+              "point `--set dataset.params.root=DIR` at a folder with train/ and val/ class folders")
+
+
+def transforms(preprocess: str, train: bool):
+    from torchvision import transforms as T
+
+    if preprocess == "bartunov":
+        return T.Compose([T.Resize((224, 224)), T.ToTensor()])
+    norm = T.Normalize(MEAN, STD)
+    if train:
+        return T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor(), norm])
+    return T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), norm])
+
+
+def read_rgb(path: str):
+    """ImageFolder's loader, with a message that names the file when it cannot be decoded."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with open(path, "rb") as f, Image.open(f) as img:
+            return img.convert("RGB")
+    except (OSError, UnidentifiedImageError, SyntaxError) as e:
+        raise DataError(f"imagenet: cannot decode the image {path} ({e}). Replace or delete the file.") from e
+
+
+def _root(params: ImageNetParams) -> Path:
+    if params.root is None:
+        raise DataError(f"imagenet: no dataset.params.root given. {HOW_TO_GET}"
+                        + (f" (or at the folder with the {params.downsampled}x{params.downsampled} npz batches)."
+                           if params.downsampled else "."))
+    return Path(params.root).expanduser()
+
+
+def image_folders(params: ImageNetParams):
+    from torchvision.datasets import ImageFolder
+
+    root = _root(params)
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            raise DataError(f"imagenet: expected the folder {root / split} with one sub-folder of images per "
+                            f"class; it is missing. {HOW_TO_GET} (val/ sorted into the same class folders, "
+                            "e.g. with the usual valprep.sh).")
+    try:
+        tr = ImageFolder(str(root / "train"), loader=read_rgb)
+        va = ImageFolder(str(root / "val"), loader=read_rgb)
+    except (FileNotFoundError, RuntimeError) as e:
+        raise DataError(f"imagenet: {e}. Each class folder under {root}/train and {root}/val needs images "
+                        "(.jpg, .jpeg, .png, ...).") from e
+    if tr.classes != va.classes:
+        only = sorted(set(tr.classes) ^ set(va.classes))[:5]
+        raise DataError(f"imagenet: {root}/train and {root}/val have different class folders (e.g. {only}); "
+                        "they must match so labels mean the same thing in both.")
+    return tr, va
+
+
+def load_folders(params: ImageNetParams, ctx: LoadContext) -> DataBundle:
+    tr, va = image_folders(params)
+    tr_eval = copy.copy(tr)  # shares the file list: no second scan of 1.28M files
+    tr_eval.transform = transforms(params.preprocess, False)
+    tr.transform = transforms(params.preprocess, True)
+    va.transform = transforms(params.preprocess, False)
+    train_ds: torch.utils.data.Dataset = tr
+    idx = subset_indices(np.asarray(tr.targets), params.subset, "imagenet")
+    if idx is not None:
+        train_ds = torch.utils.data.Subset(tr, idx.tolist())
+        tr_eval = torch.utils.data.Subset(tr_eval, idx.tolist())
+    n_train = len(train_ds)  # type: ignore[arg-type]
+    info = DataInfo("imagenet", (3, 224, 224), len(tr.classes), n_train, len(va))
+
+    def dl(ds: torch.utils.data.Dataset, bs: int, shuffle: bool) -> DeviceDataLoader:
+        return DeviceDataLoader(ds, bs, ctx.device, shuffle=shuffle, seed=ctx.seed, num_workers=ctx.num_workers)
+
+    return DataBundle(info, dl(train_ds, ctx.batch_size, True), dl(tr_eval, ctx.eval_batch_size, False),
+                      dl(va, ctx.eval_batch_size, False))
+
+
+def _npz_files(root: Path, size: int) -> tuple[list[Path], Path]:
+    dirs = [root, root / f"Imagenet{size}_train_npz", root / f"Imagenet{size}_val_npz", root / "train", root / "val"]
+    train = {}
+    val = None
+    for d in dirs:
+        for p in sorted(d.glob("train_data_batch_*.npz")) if d.is_dir() else []:
+            m = re.fullmatch(r"train_data_batch_(\d+)\.npz", p.name)
+            if m:
+                train.setdefault(int(m.group(1)), p)
+        if val is None and (d / "val_data.npz").is_file():
+            val = d / "val_data.npz"
+    if not train or val is None:
+        raise DataError(f"imagenet (downsampled {size}x{size}): expected train_data_batch_1.npz ... and "
+                        f"val_data.npz in {root} or in {root}/Imagenet{size}_train_npz and "
+                        f"{root}/Imagenet{size}_val_npz; found {len(train)} train batches and "
+                        f"{'a' if val else 'no'} val file. Download Imagenet{size}_train_npz.zip and "
+                        f"Imagenet{size}_val_npz.zip from image-net.org and unpack them there.")
+    return [train[k] for k in sorted(train)], val
+
+
+def read_npz(path: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """One batch -> (uint8 (N, 3, S, S), 0-based int64 labels), validated; pickled content is refused."""
+    fix = f"Delete {path.name} and unpack it again from the Imagenet{size} archive."
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "data" not in z or "labels" not in z:
+                raise DataError(f"imagenet: {path} has the arrays {sorted(z.files)}, not 'data' and 'labels'. {fix}")
+            data, labels = z["data"], np.asarray(z["labels"]).reshape(-1)
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"imagenet: cannot read {path} ({e}); it is damaged, truncated or not an npz file. "
+                        f"{fix}") from e
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * size * size:
+        raise DataError(f"imagenet: {path} holds 'data' of {data.dtype} {data.shape}, not N x {3 * size * size} "
+                        f"uint8 ({size}x{size} colour images). Is it the {size}x{size} variant? {fix}")
+    if len(labels) != len(data) or not np.issubdtype(labels.dtype, np.integer) or (
+            len(labels) and (labels.min() < 1 or labels.max() > NUM_CLASSES)):
+        raise DataError(f"imagenet: {path} does not hold {len(data)} integer labels 1-{NUM_CLASSES}. {fix}")
+    return data.reshape(-1, 3, size, size), labels.astype(np.int64) - 1
+
+
+def read_downsampled(params: ImageNetParams) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    size = params.downsampled
+    assert size is not None
+    train_files, val_file = _npz_files(_root(params), size)
+    parts = [read_npz(p, size) for p in train_files]
+    x_va, y_va = read_npz(val_file, size)
+    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), x_va, y_va)
+
+
+def load_downsampled(params: ImageNetParams, ctx: LoadContext) -> DataBundle:
+    x_tr, y_tr, x_va, y_va = read_downsampled(params)
+    idx = subset_indices(y_tr, params.subset, "imagenet")
+    if idx is not None:
+        x_tr, y_tr = x_tr[idx], y_tr[idx]
+    size = x_tr.shape[-1]
+    xt, yt, xv, yv = (torch.from_numpy(a) for a in (x_tr, y_tr, x_va, y_va))
+    aug = flip_and_crop("horizontal", 0) if params.preprocess == "xiao" else None
+    info = DataInfo("imagenet", (3, size, size), NUM_CLASSES, len(xt), len(xv))
+    return DataBundle(
+        info,
+        HostTensorLoader(xt, yt, ctx.batch_size, ctx.device, shuffle=True, seed=ctx.seed, augment=aug),
+        HostTensorLoader(xt, yt, ctx.eval_batch_size, ctx.device),
+        HostTensorLoader(xv, yv, ctx.eval_batch_size, ctx.device),
+    )
+
+
+def load(params: ImageNetParams, ctx: LoadContext) -> DataBundle:
+    if params.downsampled is not None:
+        return load_downsampled(params, ctx)
+    return load_folders(params, ctx)

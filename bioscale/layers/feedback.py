@@ -1,0 +1,306 @@
+"""Feedback layers: the forward pass uses W, the input gradient uses a feedback matrix B.
+
+Backward rules of the feedback-alignment family differ only in *which* B a layer sends the error back
+through (papers.md B.3, "Exact backward pass"): the weight gradient is always the ordinary local gradient
+(grad_out^T x), and B never receives a gradient. So a layer here is the ordinary torch layer plus a small
+``feedback`` submodule that produces B from the current W:
+
+- ``MatrixFeedback``: a stored matrix (feedback alignment's fixed random B; Kolen-Pollack's trained B).
+- ``SignFeedback``: sign(W) * scale, a fixed per-layer scale (Xiao et al.'s sign-symmetry).
+- ``SignMagnitudeFeedback``: |M| * sign(W), a stored random magnitude M (Liao et al.'s frSF and brSF).
+
+Every layer exposes the B its backward uses as ``feedback_weight`` (same shape as ``weight``). Stored B and
+M are buffers, so they are in ``state_dict`` (checkpoints) and move with ``.to(device)``.
+
+What the scale means (``feedback_scale``; ``fans`` gives fan_in = C_in*kh*kw, fan_out = C_out*kh*kw):
+- ``xavier``: sqrt(2/(fan_in+fan_out)) (BioTorch); ``he-fanout``: sqrt(2/fan_out); ``xiao``: Xiao's code,
+  sqrt(2/(kh*kw*C_out)) for conv/LC and 1/sqrt(fan_in) for linear layers.
+- a random B (``draw_feedback``) is N(0, scale^2), i.e. the scale is its std; the one exception is ``xiao``
+  on a linear layer, where B ~ U(-scale, scale) exactly as Xiao's code draws it.
+- sign-symmetry's B is sign(W) * scale: the scale is the magnitude of every entry.
+- random-magnitude sign-concordant B uses |M| with M drawn as a random B above (Xiao's code: conv
+  |N(0, scale)|, linear U(0, scale)).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bioscale.errors import BioscaleError
+from bioscale.layers.locally_connected import LocallyConnected2d
+
+FeedbackInit = Literal["xavier", "he-fanout", "xiao"]
+
+
+# --------------------------------------------------------------------------------------------- scales
+
+
+def fans(shape: tuple[int, ...] | torch.Size) -> tuple[int, int]:
+    """(fan_in, fan_out) of a weight: linear (out, in); conv (out, in, kh, kw); LC (oh, ow, out, in, kh, kw)."""
+    if len(shape) == 2:
+        return int(shape[1]), int(shape[0])
+    if len(shape) in (4, 6):
+        out_c, in_c, kh, kw = (int(s) for s in shape[-4:])
+        return in_c * kh * kw, out_c * kh * kw
+    raise BioscaleError(
+        f"cannot build a feedback matrix for a weight of shape {tuple(shape)}: only linear (2-d), conv "
+        "(4-d) and locally-connected (6-d) weights are supported."
+    )
+
+
+def feedback_scale(shape: tuple[int, ...] | torch.Size, init: FeedbackInit) -> float:
+    """The per-layer feedback scale for ``init`` (see the module docstring for what it multiplies)."""
+    fan_in, fan_out = fans(shape)
+    if init == "xavier":
+        return math.sqrt(2.0 / (fan_in + fan_out))
+    if init == "he-fanout":
+        return math.sqrt(2.0 / fan_out)
+    if init == "xiao":
+        return 1.0 / math.sqrt(fan_in) if len(shape) == 2 else math.sqrt(2.0 / fan_out)
+    raise BioscaleError(f"unknown feedback_init {init!r}; use one of xavier, he-fanout, xiao.")
+
+
+def _uniform(shape: tuple[int, ...] | torch.Size, init: FeedbackInit) -> bool:
+    return init == "xiao" and len(shape) == 2
+
+
+def draw_feedback_(out: Tensor, init: FeedbackInit) -> Tensor:
+    """Fill ``out`` in place with a random B for a weight of its shape, from the global torch RNG."""
+    scale = feedback_scale(out.shape, init)
+    with torch.no_grad():
+        return out.uniform_(-scale, scale) if _uniform(out.shape, init) else out.normal_(0.0, scale)
+
+
+def draw_feedback(weight: Tensor, init: FeedbackInit) -> Tensor:
+    """A new random B shaped like ``weight`` (on its device, in its dtype)."""
+    return draw_feedback_(torch.empty_like(weight, memory_format=torch.contiguous_format), init)
+
+
+# ------------------------------------------------------------------------------------ feedback sources
+
+
+class MatrixFeedback(nn.Module):
+    """B is a stored matrix (a buffer): fixed for feedback alignment, updated by Kolen-Pollack."""
+
+    def __init__(self, matrix: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("matrix", matrix.detach().clone())
+
+    @classmethod
+    def random(cls, weight: Tensor, init: FeedbackInit) -> MatrixFeedback:
+        return cls(draw_feedback(weight, init))
+
+    def forward(self, weight: Tensor) -> Tensor:
+        return self.matrix
+
+
+class SignFeedback(nn.Module):
+    """B = sign(W) * scale, from the current W: sign-symmetry (Xiao et al.). The scale is a fixed float."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale = float(scale)
+
+    def forward(self, weight: Tensor) -> Tensor:
+        return torch.sign(weight.detach()).mul_(self.scale)
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale:.4g}"
+
+
+class SignMagnitudeFeedback(nn.Module):
+    """B = |M| * sign(W): sign-concordant feedback with random magnitudes (Liao et al.'s frSF/brSF).
+
+    ``magnitude`` holds |M| as a buffer; ``redraw_`` draws a fresh one (brSF calls it after every update).
+    """
+
+    def __init__(self, magnitude: Tensor, init: FeedbackInit) -> None:
+        super().__init__()
+        self.init: FeedbackInit = init
+        self.register_buffer("magnitude", magnitude.detach().abs())
+
+    @classmethod
+    def random(cls, weight: Tensor, init: FeedbackInit) -> SignMagnitudeFeedback:
+        return cls(draw_feedback(weight, init), init)
+
+    def redraw_(self) -> None:
+        draw_feedback_(self.magnitude, self.init).abs_()
+
+    def forward(self, weight: Tensor) -> Tensor:
+        return torch.sign(weight.detach()).mul_(self.magnitude)
+
+    def extra_repr(self) -> str:
+        return f"init={self.init!r}"
+
+
+# ------------------------------------------------------------------------------------ autograd functions
+
+
+class _LinearFeedback(torch.autograd.Function):
+    """y = x W^T + b; grad_x = grad_y B (B replaces W); grad_W = grad_y^T x; B gets no gradient.
+
+    Under autocast the forward op autocasts as usual; backward runs in grad_out's dtype by explicit casts
+    (cheaper per call than ``torch.amp.custom_fwd/custom_bwd``); autograd returns W's grad in W's dtype.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Tensor) -> Tensor:
+        ctx.save_for_backward(x, feedback)
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, feedback = ctx.saved_tensors
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad.matmul(feedback.to(grad.dtype))
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            g2 = grad.reshape(-1, grad.shape[-1])
+            if ctx.needs_input_grad[1]:
+                grad_w = g2.t().matmul(x.reshape(-1, x.shape[-1]).to(g2.dtype))
+            if ctx.needs_input_grad[2]:
+                grad_b = g2.sum(0)
+        return grad_x, grad_w, grad_b, None
+
+
+class _Conv2dFeedback(torch.autograd.Function):
+    """conv2d forward with W; one ``convolution_backward`` call with B in the weight slot.
+
+    ``convolution_backward`` computes grad_input from the weight it is given (here B) and grad_weight from
+    the input and grad_output only (the weight enters just through its shape), so a single call yields the
+    feedback input gradient and the exact weight gradient with no wasted work.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Tensor,
+                stride: tuple[int, int], padding: tuple[int, int], dilation: tuple[int, int],
+                groups: int) -> Tensor:
+        ctx.save_for_backward(x, feedback)
+        ctx.conf = (stride, padding, dilation, groups, bias is not None)
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, feedback = ctx.saved_tensors
+        stride, padding, dilation, groups, has_bias = ctx.conf
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2]]
+        if not any(mask):
+            return None, None, None, None, None, None, None, None
+        grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
+            grad, x.to(grad.dtype), feedback.to(grad.dtype), [feedback.shape[0]] if has_bias else None,
+            list(stride), list(padding), list(dilation), False, [0, 0], groups, mask,
+        )
+        return grad_x, grad_w, grad_b, None, None, None, None, None
+
+
+def linear_feedback(x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Tensor) -> Tensor:
+    """``F.linear`` whose input gradient uses ``feedback`` (shape of ``weight``) in place of ``weight``."""
+    return _LinearFeedback.apply(x, weight, bias, feedback.detach())
+
+
+def conv2d_feedback(x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Tensor,
+                    stride: tuple[int, int] = (1, 1), padding: tuple[int, int] = (0, 0),
+                    dilation: tuple[int, int] = (1, 1), groups: int = 1) -> Tensor:
+    """``F.conv2d`` (numeric padding) whose input gradient is conv_transpose2d with ``feedback``."""
+    return _Conv2dFeedback.apply(x, weight, bias, feedback.detach(), tuple(stride), tuple(padding),
+                                 tuple(dilation), groups)
+
+
+# -------------------------------------------------------------------------------------------- layers
+
+
+class FeedbackMixin:
+    """What every feedback layer shares: ``feedback`` (a source of B), ``feedback_weight`` and a switch.
+
+    ``use_backprop`` (default False) makes the layer plain backprop; the diagnostics flip it to measure the
+    true gradient on the same batch. The input gradient uses B only while autograd records: under
+    ``torch.no_grad`` (evaluation) the layer runs the ordinary op and B is never computed.
+    """
+
+    weight: Tensor
+    feedback: nn.Module
+    use_backprop: bool
+
+    @property
+    def feedback_weight(self) -> Tensor:
+        """The matrix the backward pass uses for the input gradient (same shape as ``weight``)."""
+        return self.feedback(self.weight)
+
+    def _feedback_active(self) -> bool:
+        return torch.is_grad_enabled() and not self.use_backprop
+
+    def _feedback_for(self, x: Tensor) -> Tensor:
+        """B when the input gradient is needed; else W as a stand-in that backward never reads (so the
+        first layer of a net, whose input is data, never pays for building sign(W) * scale)."""
+        return self.feedback_weight if x.requires_grad else self.weight
+
+
+def _default_feedback(weight: Tensor, feedback: nn.Module | None) -> nn.Module:
+    return feedback if feedback is not None else MatrixFeedback.random(weight, "xavier")
+
+
+class FeedbackLinear(FeedbackMixin, nn.Linear):
+    """``nn.Linear`` whose input gradient is grad_out @ B. ``feedback`` defaults to a fixed random B."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 feedback: nn.Module | None = None, device: Any = None, dtype: Any = None) -> None:
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        self.feedback = _default_feedback(self.weight, feedback)
+        self.use_backprop = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self._feedback_active():
+            return linear_feedback(x, self.weight, self.bias, self._feedback_for(x))
+        return F.linear(x, self.weight, self.bias)
+
+
+class FeedbackConv2d(FeedbackMixin, nn.Conv2d):
+    """``nn.Conv2d`` whose input gradient is conv_transpose2d(grad_out, B). Any padding mode and 'same'
+    padding work: the input is padded first (ordinary autograd) and the feedback conv runs unpadded."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Any, stride: Any = 1,
+                 padding: Any = 0, dilation: Any = 1, groups: int = 1, bias: bool = True,
+                 padding_mode: str = "zeros", feedback: nn.Module | None = None, device: Any = None,
+                 dtype: Any = None) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         padding_mode, device=device, dtype=dtype)
+        self.feedback = _default_feedback(self.weight, feedback)
+        self.use_backprop = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self._feedback_active():
+            return super().forward(x)
+        padding: Any = self.padding
+        if self.padding_mode != "zeros" or isinstance(padding, str):
+            mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+            x = F.pad(x, self._reversed_padding_repeated_twice, mode=mode)
+            padding = (0, 0)
+        return conv2d_feedback(x, self.weight, self.bias, self._feedback_for(x), self.stride, padding,
+                               self.dilation, self.groups)
+
+
+class FeedbackLocallyConnected2d(FeedbackMixin, LocallyConnected2d):
+    """``LocallyConnected2d`` whose input gradient uses B: lc2d's ``backward_weight``."""
+
+    def __init__(self, in_channels: int, out_channels: int, in_size: Any, kernel_size: Any, stride: Any = 1,
+                 padding: Any = 0, bias: bool = True, feedback: nn.Module | None = None) -> None:
+        super().__init__(in_channels, out_channels, in_size, kernel_size, stride, padding, bias)
+        self.feedback = _default_feedback(self.weight, feedback)
+        self.use_backprop = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self._feedback_active() and x.requires_grad:
+            return self._lc(x, backward_weight=self.feedback_weight)
+        return self._lc(x)
+
+
+FEEDBACK_LAYERS: tuple[type[nn.Module], ...] = (FeedbackLinear, FeedbackConv2d, FeedbackLocallyConnected2d)
+
+
+def is_feedback_layer(module: nn.Module) -> bool:
+    return isinstance(module, FEEDBACK_LAYERS)

@@ -1,0 +1,112 @@
+"""The store as a pandas DataFrame, one row per job, joined with the papers' numbers."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+import pandas as pd
+
+from bioscale.catalog import ARCHS, DATASETS, RULES
+from bioscale.report.references import PAPER_DATASET, find_reference
+from bioscale.store import Store, load_rows
+
+JOB_COLUMNS = [
+    "grid", "job_id", "rule", "schedule", "arch", "dataset", "seed", "status", "epochs", "train_error",
+    "test_error", "top5_error", "final_test_error", "best_epoch", "epoch_time_s", "wall_time_s",
+    "paper_train_error", "paper_test_error", "paper_top5_error", "delta", "paper_dataset", "paper_source",
+    "paper_note", "second_test_error", "second_source", "setting", "error",
+]
+# Columns that name a job's cell; everything else that varies within a grid goes into `setting`.
+CELL_KEYS = {"rule.name", "rule.params.schedule", "arch.name", "dataset.name", "seed"}
+
+
+def load_frame(store: Store, grid: str | None = None) -> pd.DataFrame:
+    rows = load_rows(store, grid)
+    flats = [_flatten(r["spec"].model_dump(mode="json", exclude={"train": {"device", "num_workers"}}))
+             for r in rows]
+    varying = _varying_keys(rows, flats)
+    records = [_record(r, flat, varying) for r, flat in zip(rows, flats, strict=True)]
+    records.sort(key=_order)
+    return pd.DataFrame.from_records(records, columns=JOB_COLUMNS)
+
+
+def _order(rec: dict[str, Any]) -> tuple[Any, ...]:
+    """Grid, dataset, arch and rule in catalog order (bp first), parallel before alternating, then seed."""
+    def rank(names: list[str], name: str) -> int:
+        return names.index(name) if name in names else len(names)
+
+    return (rec["grid"], rank(DATASETS.names(), rec["dataset"]), rec["dataset"], rank(ARCHS.names(), rec["arch"]),
+            rank(RULES.names(), rec["rule"]), rec["rule"], ["parallel", "alternating"].index(rec["schedule"])
+            if rec["schedule"] in ("parallel", "alternating") else -1, rec["setting"], rec["seed"])
+
+
+def _record(row: dict[str, Any], flat: dict[str, Any], varying: dict[str, list[str]]) -> dict[str, Any]:
+    spec, result, metrics = row["spec"], row["result"], row["metrics"]
+    schedule = spec.rule.params.get("schedule", "") or ""
+    rec: dict[str, Any] = {
+        "grid": row["grid"], "job_id": row["job_id"], "rule": spec.rule.name, "schedule": schedule,
+        "arch": spec.arch.name, "dataset": spec.dataset.name, "seed": spec.seed, "status": row["status"],
+        "epochs": len(metrics),
+    }
+    if metrics:  # the metrics are the truth, also for a job that is still running
+        best = min(metrics, key=lambda m: m.test_error)
+        top5 = [m.top5_error for m in metrics if m.top5_error is not None]
+        rec.update(train_error=min(m.train_error for m in metrics), test_error=best.test_error,
+                   top5_error=min(top5) if top5 else None, final_test_error=metrics[-1].test_error,
+                   best_epoch=best.epoch, epoch_time_s=statistics.median(m.epoch_time_s for m in metrics))
+    if result is not None:
+        rec["wall_time_s"] = result.wall_time_s
+        rec["error"] = (result.error or "").strip().splitlines()[0] if result.error else None
+    ref = find_reference(spec.dataset.name, spec.arch.name, spec.rule.name, schedule)
+    if ref is not None:
+        rec.update(paper_train_error=ref.get("train_error"), paper_test_error=ref.get("test_error"),
+                   paper_top5_error=ref.get("top5_error"), paper_dataset=PAPER_DATASET[spec.dataset.name],
+                   paper_source=ref["source"], paper_note=ref.get("note"))
+        if rec.get("test_error") is not None and ref.get("test_error") is not None:
+            rec["delta"] = rec["test_error"] - ref["test_error"]
+    second = find_reference(spec.dataset.name, spec.arch.name, spec.rule.name, schedule, role="secondary")
+    if second is not None:
+        rec.update(second_test_error=second.get("test_error"), second_source=second["source"])
+    rec["setting"] = ", ".join(f"{k}={flat.get(k)}" for k in varying.get(row["grid"], []))
+    return rec
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, path + "."))
+        else:
+            out[path] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def _varying_keys(rows: list[dict[str, Any]], flats: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Per grid, the spec keys whose values differ between jobs of the same cell (rule, schedule, arch,
+    dataset): a sweep's hyperparameters. Keys that differ only between cells (Table 5's per-cell
+    hyperparameters) stay out, or every row would repeat them."""
+    cells: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for row, flat in zip(rows, flats, strict=True):
+        cell = (row["grid"], *(flat.get(k) for k in sorted(CELL_KEYS - {"seed"})))
+        cells.setdefault(cell, []).append(flat)
+    out: dict[str, set[str]] = {}
+    for cell, items in cells.items():
+        keys = {k for f in items for k in f} - CELL_KEYS
+        out.setdefault(cell[0], set()).update(k for k in keys if len({repr(f.get(k)) for f in items}) > 1)
+    return {grid: sorted(keys) for grid, keys in out.items()}
+
+
+def load_curves(store: Store, grid: str | None = None) -> pd.DataFrame:
+    """Per-epoch metrics in long form (one row per job and epoch), diagnostics as extra columns."""
+    records = []
+    for row in load_rows(store, grid):
+        spec = row["spec"]
+        base = {"grid": row["grid"], "job_id": row["job_id"], "rule": spec.rule.name,
+                "schedule": spec.rule.params.get("schedule", "") or "", "arch": spec.arch.name,
+                "dataset": spec.dataset.name, "seed": spec.seed, "status": row["status"]}
+        for m in row["metrics"]:
+            records.append({**base, "epoch": m.epoch, "train_error": m.train_error, "test_error": m.test_error,
+                            "train_loss": m.train_loss, **m.diagnostics})
+    return pd.DataFrame.from_records(records)

@@ -1,0 +1,66 @@
+"""``--layout paper``: rows are methods, columns are dataset x architecture x train/test, as in Bartunov
+et al.'s Table 1. Each cell is our mean ± std over seeds, then the paper's number and the difference."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from bioscale.report.render import mean_std
+
+METHOD_NAMES = {"dtp": "DTP", "sdtp": "SDTP", "aosdtp": "AO-SDTP", "fa": "FA", "dfa": "DFA", "bp": "BP",
+                "ss": "SS", "brsf": "brSF", "frsf": "frSF", "kp": "KP"}
+ARCH_NAMES = {"fc": "FC", "lc": "LC", "conv": "LC", "resnet18": "ResNet-18", "alexnet": "AlexNet"}
+
+
+def method_of(rule: str, schedule: str, arch: str) -> str:
+    """The paper's row name: "DTP, parallel", "FA", "BP ConvNet" (BP on the conv net sits in the LC column)."""
+    name = METHOD_NAMES.get(rule, rule)
+    if arch == "conv":
+        return f"{name} ConvNet"
+    return f"{name}, {schedule}" if schedule else name
+
+
+def _method_rank(method: str) -> tuple[int, str]:
+    order = ["DTP, parallel", "DTP, alternating", "SDTP, parallel", "SDTP, alternating", "AO-SDTP, parallel",
+             "AO-SDTP, alternating", "FA", "DFA", "SS", "brSF", "frSF", "KP", "BP", "BP ConvNet"]
+    return (order.index(method) if method in order else len(order), method)
+
+
+def _cell(values: pd.Series, paper: pd.Series, note: pd.Series | None = None) -> str:
+    ours = mean_std(values)
+    ref = paper.dropna()
+    text = next((n for n in (note if note is not None else []) if isinstance(n, str) and n), "")
+    if not len(ref):
+        return f"{ours or '–'} ({text})" if text else ours
+    if not ours:
+        return f"– ({ref.iloc[0]:.2f})"
+    delta = values.dropna().astype(float).mean() - float(ref.iloc[0])
+    return f"{ours} ({ref.iloc[0]:.2f}, {delta:+.2f})"
+
+
+def paper_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """The pivoted table; columns like "mnist-5k FC test"; top-1/top-5 where train error is not reported."""
+    frame = frame.assign(method=[method_of(r, s, a) for r, s, a in zip(frame.rule, frame.schedule, frame.arch,
+                                                                     strict=True)],
+                         column=[f"{d} {ARCH_NAMES.get(a, a)}" for d, a in zip(frame.dataset, frame.arch,
+                                                                            strict=True)])
+    columns: list[str] = []
+    for col in dict.fromkeys(frame["column"]):
+        group = frame[frame["column"] == col]
+        has_top5 = group["top5_error"].notna().any() and (
+            group["paper_top5_error"].notna().any() or group["paper_train_error"].isna().all())
+        metrics = ["test", "top-5"] if has_top5 else ["train", "test"]
+        columns += [f"{col} {m}" for m in metrics]
+    rows = []
+    for method in sorted(dict.fromkeys(frame["method"]), key=_method_rank):
+        row = {"method": method}
+        for col in dict.fromkeys(frame["column"]):
+            cell = frame[(frame["method"] == method) & (frame["column"] == col)]
+            if cell.empty:
+                continue
+            row[f"{col} train"] = _cell(cell["train_error"], cell["paper_train_error"])
+            row[f"{col} test"] = _cell(cell["test_error"], cell["paper_test_error"], cell["paper_note"])
+            row[f"{col} top-5"] = _cell(cell["top5_error"], cell["paper_top5_error"])
+        rows.append(row)
+    out = pd.DataFrame(rows, columns=["method", *columns])
+    return out.fillna("")

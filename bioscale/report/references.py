@@ -1,0 +1,40 @@
+"""The papers' published numbers, shipped as package data with the source of every number."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import yaml
+
+# Which paper dataset a dataset of ours is drawn from. mnist-5k is a 5,000-image subset of MNIST, so the
+# paper's MNIST number is the reference (with fewer examples, expect a higher error); the report says so in
+# `paper_dataset`. Datasets absent here (digits, fashion-mnist, synthetic) have no published number.
+PAPER_DATASET = {"mnist": "mnist", "mnist-5k": "mnist", "cifar10": "cifar10", "imagenet": "imagenet"}
+REFERENCE_FILES = ("bartunov2018.yaml", "xiao2018.yaml", "biotorch2021.yaml")
+
+
+@lru_cache(maxsize=1)
+def load_references() -> tuple[dict[str, Any], ...]:
+    """Every published entry: dataset, arch, rule, schedule, errors in %, and where it comes from."""
+    entries = []
+    for name in REFERENCE_FILES:
+        doc = yaml.safe_load(resources.files("bioscale.references").joinpath(name).read_text())
+        for entry in doc["entries"]:
+            entries.append({**entry, "paper": doc["paper"], "role": doc["role"],
+                            "source": f"{doc['citation']}, {entry['table']}"})
+    return tuple(entries)
+
+
+def find_reference(dataset: str, arch: str, rule: str, schedule: str, role: str = "primary"
+                   ) -> dict[str, Any] | None:
+    """The paper's entry for this cell (``role="secondary"``: an independent benchmark's), or None."""
+    paper_dataset = PAPER_DATASET.get(dataset)
+    if paper_dataset is None:
+        return None
+    for entry in load_references():
+        if entry["role"] == role and (entry["dataset"], entry["arch"], entry["rule"], entry["schedule"]) == (
+                paper_dataset, arch, rule, schedule):
+            return entry
+    return None

@@ -1,0 +1,240 @@
+"""The feedback-alignment family: rules that change only what flows backward.
+
+Each rule is a small class that says which feedback matrix B replaces W^T (papers.md B.3 and "Related
+definitions"); the layers (``bioscale.layers.feedback``) and the converter do the rest:
+
+- ``FA``: a fixed random B per layer, drawn at ``prepare`` from the global torch RNG (Lillicrap et al.).
+- ``SignSymmetry``: B = sign(W) * a fixed per-layer scale, from the current W at every step (Xiao et al.).
+- ``FRSF`` / ``BRSF``: B = |M| * sign(W) with M drawn once / redrawn after every update (Liao et al.).
+- ``KolenPollack``: B gets exactly W's update, and both decay, so W - B shrinks every step.
+- ``DFA``: the output error e reaches every hidden layer directly through its own fixed B_l (Nokland 2016).
+
+Batch norm, pooling, activations and residual adds keep backprop. ``last_layer_bp`` leaves the output
+layer (``output_module``) as plain backprop. The scale options are described in ``bioscale.layers.feedback``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from bioscale.catalog.rules import BackwardParams, KPParams
+from bioscale.errors import BioscaleError
+from bioscale.layers.convert import ConversionReport, convert_to_feedback
+from bioscale.layers.feedback import (
+    MatrixFeedback,
+    SignFeedback,
+    SignMagnitudeFeedback,
+    draw_feedback,
+    feedback_scale,
+    is_feedback_layer,
+)
+from bioscale.models.base import LayeredNet, output_module
+from bioscale.optim import batch_manhattan_
+from bioscale.rules.angles import backprop_mode, gradient_angles, weight_feedback_angles
+from bioscale.rules.base import BackwardRule, StepOutput
+
+
+class _AlignmentRule(BackwardRule):
+    """A backward rule whose gradient pass (``rule_backward``) can be compared with backprop's."""
+
+    params: BackwardParams
+
+    def rule_backward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Forward, loss and the rule's backward pass (grads accumulate; no step). Returns (loss, logits)."""
+        assert self.model is not None
+        with self.autocast():
+            logits = self.model(x)
+            loss = self.criterion(logits, y)
+        loss.backward()
+        return loss, logits
+
+    def backprop_backward(self, x: Tensor, y: Tensor) -> object:
+        """The same pass with true backprop everywhere (for the diagnostics)."""
+        raise NotImplementedError
+
+    def diagnosed_layers(self) -> dict[str, nn.Module]:
+        """Layers whose update the rule changes, by qualified name."""
+        raise NotImplementedError
+
+    def train_step(self, x: Tensor, y: Tensor) -> StepOutput:
+        opt = self.optimizers["model"]
+        opt.zero_grad(set_to_none=True)
+        loss, logits = self.rule_backward(x, y)
+        self.before_step()
+        if self.params.batch_manhattan:
+            batch_manhattan_(opt)
+        opt.step()
+        self.after_step()
+        return StepOutput(loss.detach(), logits.detach())
+
+    def diagnostics(self, x: Tensor, y: Tensor) -> dict[str, float]:
+        assert self.model is not None
+        layers = self.diagnosed_layers()
+        return gradient_angles(self.model, layers, lambda: self.rule_backward(x, y),
+                               lambda: self.backprop_backward(x, y))
+
+
+class FeedbackRule(_AlignmentRule):
+    """Swap every Linear/Conv2d/LocallyConnected2d for a feedback layer whose B is ``make_feedback(W)``."""
+
+    report: ConversionReport | None = None
+    _layers: dict[str, nn.Module]
+
+    def make_feedback(self, weight: Tensor) -> nn.Module:
+        raise NotImplementedError
+
+    def convert(self, model: nn.Module) -> nn.Module:
+        keep = [output_module(model)] if self.params.last_layer_bp else []
+        self.report = convert_to_feedback(model, self.make_feedback, keep_bp=keep)
+        self._layers = {n: m for n, m in model.named_modules() if is_feedback_layer(m)}
+        if not self._layers:
+            raise BioscaleError(
+                f"rule {type(self).__name__} found no Linear, Conv2d or LocallyConnected2d layer to convert "
+                f"in {type(model).__name__} ({self.report}); training it would be plain backprop. Use a "
+                "model with such layers, or turn off last_layer_bp if the output layer is the only one."
+            )
+        return model
+
+    def diagnosed_layers(self) -> dict[str, nn.Module]:
+        return self._layers
+
+    def backprop_backward(self, x: Tensor, y: Tensor) -> object:
+        with backprop_mode(self._layers):
+            return self.rule_backward(x, y)
+
+    def diagnostics(self, x: Tensor, y: Tensor) -> dict[str, float]:
+        return {**super().diagnostics(x, y), **weight_feedback_angles(self._layers)}
+
+
+class FA(FeedbackRule):
+    """Feedback alignment: a fixed random B per layer (a buffer: checkpointed, moved with the model)."""
+
+    def make_feedback(self, weight: Tensor) -> nn.Module:
+        return MatrixFeedback.random(weight, self.params.feedback_init)
+
+
+class SignSymmetry(FeedbackRule):
+    """Sign-symmetry: B = sign(W) * scale, recomputed from the current W once per forward pass (= once
+    per training step: the layer computes it in forward and saves it for backward; never in evaluation)."""
+
+    def make_feedback(self, weight: Tensor) -> nn.Module:
+        return SignFeedback(feedback_scale(weight.shape, self.params.feedback_init))
+
+
+class FRSF(FeedbackRule):
+    """Fixed random-magnitude sign-concordant feedback: B = |M| * sign(W), M drawn once."""
+
+    def make_feedback(self, weight: Tensor) -> nn.Module:
+        return SignMagnitudeFeedback.random(weight, self.params.feedback_init)
+
+
+class BRSF(FRSF):
+    """Batchwise random-magnitude sign-concordant feedback: M is redrawn after every update of W."""
+
+    def after_step(self) -> None:
+        for layer in self._layers.values():
+            layer.feedback.redraw_()
+
+
+class KolenPollack(FA):
+    """Kolen-Pollack: B starts random and receives exactly W's update; then both decay.
+
+    "The same update" is implemented as B <- B + (W_new - W_old), whatever the optimiser (SGD, momentum,
+    Adam, Batch Manhattan): B - W is stashed in B before the step and W_new added back after it, so no
+    copy and no second optimiser state is needed. The decay is decoupled weight decay at each parameter
+    group's current lr: W <- (1 - lr*decay) W and B <- (1 - lr*decay) B, so W - B shrinks by exactly that
+    factor each step and the two converge (any ``optim.weight_decay`` acts on W only, as usual).
+    """
+
+    params: KPParams
+
+    def _pairs(self) -> tuple[list[Tensor], list[Tensor]]:
+        layers = list(self._layers.values())
+        return [m.weight for m in layers], [m.feedback.matrix for m in layers]
+
+    def before_step(self) -> None:
+        ws, bs = self._pairs()
+        with torch.no_grad():
+            torch._foreach_sub_(bs, ws)
+
+    def after_step(self) -> None:
+        ws, bs = self._pairs()
+        with torch.no_grad():
+            torch._foreach_add_(bs, ws)
+            if self.params.decay > 0:
+                factors = [1.0 - lr * self.params.decay for lr in self._weight_lrs(ws)]
+                for w, b, f in zip(ws, bs, factors, strict=True):
+                    w.mul_(f)
+                    b.mul_(f)
+
+    def _weight_lrs(self, ws: list[Tensor]) -> list[float]:
+        lr = {id(p): g["lr"] for g in self.optimizers["model"].param_groups for p in g["params"]}
+        return [float(lr.get(id(w), 0.0)) for w in ws]
+
+
+class DFA(_AlignmentRule):
+    """Direct feedback alignment (Nokland 2016) on a ``LayeredNet``.
+
+    With e = dL/d(logits), hidden layer l gets delta_l = (B_l e) * f'(a_l) (a_l its pre-activation) and
+    nothing from the layer above. Implemented exactly: each layer's input is detached from the layer
+    below, so no error flows between layers, and one ``autograd.backward`` call seeds the output with e and
+    every hidden output h_l with e @ B_l (the shape of h_l). Autograd then applies the activation derivative
+    f'(a_l) and forms the ordinary local weight gradient delta_l h_{l-1}^T. The output layer gets its true
+    gradient e h_{L-1}^T (so ``last_layer_bp`` changes nothing for DFA).
+
+    B_l is stored as ``layers.<l>.direct_feedback.matrix``, shape (classes, numel(h_l)), drawn at
+    ``prepare`` like a linear layer's feedback matrix from numel(h_l) inputs to ``classes`` outputs.
+    """
+
+    _net: LayeredNet
+    _layers: dict[str, nn.Module]
+
+    def convert(self, model: nn.Module) -> nn.Module:
+        if not isinstance(model, LayeredNet) or len(model.layers) < 2:
+            raise BioscaleError(
+                f"rule dfa needs a layered architecture (LayeredNet, e.g. arch fc, lc or conv) with at least "
+                f"one hidden layer, got {type(model).__name__}; torchvision nets such as resnet18 have no "
+                "single chain of layers to send the output error to. Use fa or ss for those."
+            )
+        classes = math.prod(model.layers[-1].out_shape)
+        weight = model.layers[-1].op.weight
+        for layer in model.layers[:-1]:
+            shape = (classes, math.prod(layer.out_shape))
+            proto = torch.empty(shape, device=weight.device, dtype=weight.dtype)
+            layer.direct_feedback = MatrixFeedback(draw_feedback(proto, self.params.feedback_init))
+        self._net = model
+        self._layers = {f"layers.{i}.op": layer.op for i, layer in enumerate(model.layers[:-1])}
+        return model
+
+    def diagnosed_layers(self) -> dict[str, nn.Module]:
+        return self._layers
+
+    def rule_backward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        model = self._net  # not self.model, which the trainer may have wrapped in torch.compile
+        hidden: list[tuple[Tensor, Tensor]] = []
+        h = x
+        with self.autocast():
+            for layer in model.layers[:-1]:
+                out = layer(h)
+                hidden.append((out, layer.direct_feedback.matrix))
+                h = out.detach()
+            logits = model.layers[-1](h)
+            loss = self.criterion(logits, y)
+        (e,) = torch.autograd.grad(loss, logits)
+        e2 = e.reshape(e.shape[0], -1)
+        outputs, seeds = [logits], [e]
+        for out, b in hidden:
+            if out.requires_grad:
+                outputs.append(out)
+                seeds.append(e2.to(b.dtype).matmul(b).to(out.dtype).view_as(out))
+        torch.autograd.backward(outputs, seeds)
+        return loss, logits
+
+    def backprop_backward(self, x: Tensor, y: Tensor) -> object:
+        return _AlignmentRule.rule_backward(self, x, y)
+
+
+__all__ = ["BRSF", "DFA", "FA", "FRSF", "FeedbackRule", "KolenPollack", "SignSymmetry"]

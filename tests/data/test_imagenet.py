@@ -1,0 +1,184 @@
+"""imagenet: an ImageFolder tree of tiny PNG/JPEG files and downsampled npz batches written by the test."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bioscale.catalog.datasets import ImageNetParams
+from bioscale.data import imagenet
+from bioscale.errors import DataError
+
+CLASSES = ["n01", "n02", "n03"]
+
+
+def write_tree(root: Path, per_class: int = 4) -> dict[str, list[Path]]:
+    """train/ and val/ with one folder per class; mixed PNG/JPEG, odd sizes, solid colours."""
+    rng = np.random.default_rng(0)
+    files: dict[str, list[Path]] = {"train": [], "val": []}
+    for split in ("train", "val"):
+        for ci, c in enumerate(CLASSES):
+            (root / split / c).mkdir(parents=True)
+            for i in range(per_class):
+                w, h = int(rng.integers(30, 60)), int(rng.integers(30, 60))
+                img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+                ext = "png" if (i + ci) % 2 else "jpg"
+                p = root / split / c / f"{i}.{ext}"
+                img.save(p)
+                files[split].append(p)
+    return files
+
+
+def test_bartunov_is_plain_resize_to_224(tmp_path: Path, ctx) -> None:
+    write_tree(tmp_path)
+    b = imagenet.load(ImageNetParams(root=str(tmp_path), preprocess="bartunov"), ctx)
+    assert b.info.family == "imagenet" and b.info.input_shape == (3, 224, 224) and b.info.num_classes == 3
+    assert (b.info.train_size, b.info.test_size) == (12, 12)
+    x, y = next(iter(b.test))
+    assert x.shape == (12, 3, 224, 224) and y.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    # Independent: PIL bilinear resize of the first val image (ImageFolder's sorted order), / 255.
+    first = sorted((tmp_path / "val" / "n01").iterdir())[0]
+    ref = np.asarray(Image.open(first).convert("RGB").resize((224, 224), Image.BILINEAR), dtype=np.float32) / 255
+    torch.testing.assert_close(x[0], torch.from_numpy(ref).permute(2, 0, 1), atol=1 / 255 + 1e-6, rtol=0)
+    # No augmentation: the training loader shows the same pixels as the eval pass, only reordered.
+    xs = torch.cat([xb for xb, _ in b.train])
+    xe = torch.cat([xb for xb, _ in b.train_eval])
+    assert torch.allclose(xs.sum(), xe.sum())
+
+
+def test_xiao_val_is_center_crop_normalised(tmp_path: Path, ctx) -> None:
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    (tmp_path / "val" / "a").mkdir(parents=True)
+    colour = (200, 100, 30)
+    Image.new("RGB", (300, 260), colour).save(tmp_path / "train" / "a" / "0.png")
+    Image.new("RGB", (300, 260), colour).save(tmp_path / "val" / "a" / "0.png")
+    b = imagenet.load(ImageNetParams(root=str(tmp_path), preprocess="xiao"), ctx)
+    x, _ = next(iter(b.test))
+    assert x.shape == (1, 3, 224, 224)
+    for c in range(3):
+        expect = (colour[c] / 255 - imagenet.MEAN[c]) / imagenet.STD[c]
+        torch.testing.assert_close(x[0, c], torch.full((224, 224), expect), atol=1e-5, rtol=0)
+
+
+def test_xiao_train_augmentation_repeats_per_epoch_and_worker_count(tmp_path: Path, ctx) -> None:
+    write_tree(tmp_path, per_class=3)
+    p = ImageNetParams(root=str(tmp_path), preprocess="xiao")
+    a = imagenet.load(p, ctx)
+    b = imagenet.load(p, replace(ctx, num_workers=2))
+
+    def epoch(loader, e: int) -> tuple[torch.Tensor, torch.Tensor]:
+        loader.set_epoch(e)
+        xs, ys = zip(*list(loader), strict=True)
+        return torch.cat(xs), torch.cat(ys)
+
+    x0, y0 = epoch(a.train, 0)
+    x0b, y0b = epoch(b.train, 0)
+    assert torch.equal(x0, x0b) and torch.equal(y0, y0b)  # same crops whichever worker reads an image
+    x1, y1 = epoch(a.train, 1)
+    assert sorted(y0.tolist()) == sorted(y1.tolist()) == sorted([0, 1, 2] * 3)
+    assert not torch.equal(x0, x1)
+    assert torch.equal(epoch(a.train, 0)[0], x0)
+
+
+def test_subset_is_stratified(tmp_path: Path, ctx) -> None:
+    write_tree(tmp_path, per_class=4)
+    b = imagenet.load(ImageNetParams(root=str(tmp_path), preprocess="bartunov", subset=6), ctx)
+    assert b.info.train_size == 6
+    assert sorted(torch.cat([y for _, y in b.train_eval]).tolist()) == [0, 0, 1, 1, 2, 2]
+
+
+def test_missing_root_and_folders(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"no dataset.params.root given.*cannot be downloaded automatically"):
+        imagenet.load(ImageNetParams(), None)  # type: ignore[arg-type]
+    (tmp_path / "train" / "a").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"expected the folder .*val with one sub-folder of images per class"):
+        imagenet.image_folders(ImageNetParams(root=str(tmp_path)))
+
+
+def test_class_mismatch(tmp_path: Path) -> None:
+    for split, c in (("train", "a"), ("val", "b")):
+        (tmp_path / split / c).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / split / c / "0.png")
+    with pytest.raises(DataError, match="different class folders"):
+        imagenet.image_folders(ImageNetParams(root=str(tmp_path)))
+
+
+def test_corrupt_image_names_the_file(tmp_path: Path, ctx) -> None:
+    files = write_tree(tmp_path, per_class=1)
+    bad = files["val"][1]
+    bad.write_bytes(bad.read_bytes()[:20])
+    b = imagenet.load(ImageNetParams(root=str(tmp_path), preprocess="bartunov"), ctx)
+    with pytest.raises(DataError, match=f"cannot decode the image {bad}"):
+        list(b.test)
+
+
+# Downsampled npz batches ---------------------------------------------------------------------------
+
+
+def write_npz(root: Path, size: int, n_batches: int = 2, n: int = 12, compressed: bool = False) -> tuple:
+    rng = np.random.default_rng(1)
+    save = np.savez_compressed if compressed else np.savez
+    xs, ys = [], []
+    for i in range(1, n_batches + 1):
+        x = rng.integers(0, 256, (n, 3 * size * size), dtype=np.uint8)
+        y = rng.integers(1, 1001, n)
+        save(root / f"train_data_batch_{i}.npz", data=x, labels=y, mean=x.mean(0))
+        xs.append(x)
+        ys.append(y)
+    xv, yv = rng.integers(0, 256, (n, 3 * size * size), dtype=np.uint8), rng.integers(1, 1001, n)
+    save(root / "val_data.npz", data=xv, labels=yv)
+    return np.concatenate(xs), np.concatenate(ys), xv, yv
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+@pytest.mark.parametrize("size", [32, 64])
+def test_downsampled(tmp_path: Path, ctx, size: int, compressed: bool) -> None:
+    x_tr, _, xv, yv = write_npz(tmp_path, size, compressed=compressed)
+    b = imagenet.load(ImageNetParams(root=str(tmp_path), downsampled=size, preprocess="bartunov"), ctx)
+    assert b.info.input_shape == (3, size, size) and b.info.num_classes == 1000
+    assert (b.info.train_size, b.info.test_size) == (24, 12)
+    x, y = next(iter(b.test))
+    assert y.tolist() == (yv - 1).tolist()  # labels are 1-based on disk
+    # Pixel (c, i, j) of image n is data[n, c*S*S + i*S + j].
+    n, c, i, j = 5, 1, 3, size - 2
+    assert float(x[n, c, i, j]) * 255 == pytest.approx(xv[n, c * size * size + i * size + j])
+    xs = torch.cat([xb for xb, _ in b.train_eval])
+    torch.testing.assert_close(xs, torch.from_numpy(x_tr.reshape(-1, 3, size, size)).float() / 255)
+
+
+def test_downsampled_archive_layout_and_xiao_flip(tmp_path: Path, ctx) -> None:
+    (tmp_path / "Imagenet32_train_npz").mkdir()
+    (tmp_path / "Imagenet32_val_npz").mkdir()
+    write_npz(tmp_path / "Imagenet32_train_npz", 32)
+    (tmp_path / "Imagenet32_train_npz" / "val_data.npz").rename(tmp_path / "Imagenet32_val_npz" / "val_data.npz")
+    b = imagenet.load(ImageNetParams(root=str(tmp_path), downsampled=32), ctx)
+    assert b.train.augment is not None and b.train_eval.augment is None
+    ev = torch.cat([xb for xb, _ in b.train_eval])
+    tr_x, _ = zip(*list(b.train), strict=True)
+    tr = torch.cat(tr_x)
+    # Each training image is an eval image, flipped left-right or not.
+    keys = {t.numpy().tobytes() for t in ev}
+    assert all(t.numpy().tobytes() in keys or t.flip(-1).numpy().tobytes() in keys for t in tr)
+
+
+def test_downsampled_errors(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"expected train_data_batch_1.npz .* found 0 train batches and no val"):
+        imagenet.read_downsampled(ImageNetParams(root=str(tmp_path), downsampled=32))
+    write_npz(tmp_path, 32)
+    with pytest.raises(DataError, match=r"not N x 12288 uint8 .*Is it the 64x64 variant"):
+        imagenet.read_downsampled(ImageNetParams(root=str(tmp_path), downsampled=64))
+    p = tmp_path / "train_data_batch_2.npz"
+    p.write_bytes(p.read_bytes()[:1000])
+    with pytest.raises(DataError, match=r"cannot read .*train_data_batch_2.npz .*damaged, truncated"):
+        imagenet.read_downsampled(ImageNetParams(root=str(tmp_path), downsampled=32))
+    np.savez(p, data=np.array([object()], dtype=object), labels=np.array([1]))
+    with pytest.raises(DataError, match=r"train_data_batch_2\.npz"):
+        imagenet.read_downsampled(ImageNetParams(root=str(tmp_path), downsampled=32))
+    np.savez(p, data=np.zeros((2, 3072), np.uint8), labels=np.array([0, 5]))
+    with pytest.raises(DataError, match="integer labels 1-1000"):
+        imagenet.read_downsampled(ImageNetParams(root=str(tmp_path), downsampled=32))

@@ -1,0 +1,78 @@
+"""The command line end to end, as a user runs it: a fresh process, exit codes, no tracebacks."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def bioscale(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "bioscale", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=300)
+
+
+def test_run_then_report_then_rerun_does_nothing(tmp_path: Path, tiny_grid: dict) -> None:
+    grid = tmp_path / "tiny.yaml"
+    grid.write_text(yaml.safe_dump(tiny_grid))
+    results = tmp_path / "results"
+    first = bioscale("run", str(grid), "--results", str(results), "--set", "train.epochs=1")
+    assert first.returncode == 0, first.stderr
+    assert "4 to run" in first.stderr and "finished: 4 done" in first.stderr
+    again = bioscale("run", str(grid), "--results", str(results), "--set", "train.epochs=1")
+    assert again.returncode == 0 and "4 already finished, 0 to run" in again.stderr
+
+    rows = json.loads(bioscale("report", "--results", str(results), "--format", "json").stdout)
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"done"}
+    assert {r["rule"] for r in rows} == {"bp", "fa"}
+    md = bioscale("report", "--results", str(results), "--grid", "tiny", "--format", "markdown")
+    assert md.returncode == 0 and md.stdout.startswith("| rule")
+    out = tmp_path / "r.csv"
+    assert bioscale("report", "--results", str(results), "--format", "csv", "--output", str(out)).returncode == 0
+    assert len(out.read_text().splitlines()) == 5
+
+
+def test_bad_input_is_one_paragraph_and_nonzero(tmp_path: Path, tiny_grid: dict) -> None:
+    tiny_grid["axes"]["rule.name"] = ["bp", "feedback-alignment"]
+    grid = tmp_path / "bad.yaml"
+    grid.write_text(yaml.safe_dump(tiny_grid))
+    results = tmp_path / "results"
+    for args in (["run", str(grid), "--results", str(results)], ["grid", "validate", str(grid)]):
+        proc = bioscale(*args)
+        assert proc.returncode == 2
+        assert "Unknown rule 'feedback-alignment'" in proc.stderr and "Traceback" not in proc.stderr
+    assert not results.exists()  # nothing started
+    missing = bioscale("run", str(tmp_path / "nope.yaml"))
+    assert missing.returncode == 2 and "does not exist" in missing.stderr
+    report = bioscale("report", "--results", str(results), "--grid", "nope")
+    assert report.returncode == 2 and "No results for grid 'nope'" in report.stderr
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    proc = bioscale("run", "grids/smoke.yaml", "--results", str(a_file))
+    assert proc.returncode == 2 and "Not a directory" in proc.stderr and "Traceback" not in proc.stderr
+    assert a_file.read_text() == "not a folder"
+
+
+def test_grid_validate_expand_and_list(tmp_path: Path) -> None:
+    proc = bioscale("grid", "validate", "grids/smoke.yaml")
+    assert proc.returncode == 0 and "valid, 4 jobs" in proc.stdout
+    lines = bioscale("grid", "expand", "grids/smoke.yaml", "--json").stdout.splitlines()
+    assert len(lines) == 4 and json.loads(lines[0])["spec"]["rule"]["name"] == "bp"
+    for what, name in (("rules", "aosdtp"), ("archs", "resnet18"), ("datasets", "mnist-5k")):
+        proc = bioscale("list", what)
+        assert proc.returncode == 0 and name in proc.stdout
+
+
+def test_arch_summary() -> None:
+    proc = bioscale("arch", "summary", "lc", "--dataset", "imagenet", "--batch-size", "128")
+    assert proc.returncode == 0, proc.stderr
+    assert "259,859,368" in proc.stdout and "LocallyConnected2d" in proc.stdout and "total" in proc.stdout
+    proc = bioscale("arch", "summary", "fc", "--dataset", "digits", "--param", "hidden=[100]")
+    assert proc.returncode == 0 and "7,510" in proc.stdout
+    bad = bioscale("arch", "summary", "lcc")
+    assert bad.returncode == 2 and "Did you mean 'lc'" in bad.stderr

@@ -1,0 +1,39 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bioscale.errors import BioscaleError
+from bioscale.executors import InlineExecutor, LocalExecutor, make_executor
+from bioscale.grid import expand, load_grid, parse_set
+from bioscale.progress import Display
+from bioscale.spec import ExecutorSpec
+from bioscale.store import Store
+
+
+def _jobs(tmp_path: Path, grid: dict, sets: list[str] | None = None):
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    return expand(load_grid(path), parse_set(sets or ["train.epochs=1"]))
+
+
+@pytest.mark.parametrize("executor", [InlineExecutor(), LocalExecutor(workers=2)], ids=["inline", "local"])
+def test_a_failed_job_does_not_stop_the_others(tmp_path: Path, tiny_grid: dict, executor) -> None:
+    jobs = _jobs(tmp_path, tiny_grid)
+    broken = _jobs(tmp_path, tiny_grid, ["train.epochs=1", "seed=99", "train.device=cuda:9"])[0]  # no such device
+    store = Store(tmp_path / "results")
+    with Display(len(jobs) + 1, enabled=False) as display:
+        results = executor.run([broken, *jobs], store, display)
+    assert sorted(r.status for r in results) == ["done"] * 4 + ["failed"]
+    assert broken.job_id not in {j.job_id for j in jobs}
+    assert store.job_dir(broken.grid, broken.job_id).status() == "failed"
+    for job in jobs:
+        assert store.job_dir(job.grid, job.job_id).status() == "done"
+
+
+def test_make_executor() -> None:
+    assert isinstance(make_executor(None), InlineExecutor)
+    local = make_executor(ExecutorSpec(name="local", params={"workers": 3}))
+    assert isinstance(local, LocalExecutor) and local.workers == 3
+    with pytest.raises(BioscaleError, match="Unknown executor 'slurmm'"):
+        make_executor(ExecutorSpec(name="slurmm"))
