@@ -47,6 +47,9 @@ def test_bad_input_is_one_paragraph_and_nonzero(tmp_path: Path, tiny_grid: dict)
         assert proc.returncode == 2
         assert "Unknown rule 'feedback-alignment'" in proc.stderr and "Traceback" not in proc.stderr
     assert not results.exists()  # nothing started
+    usage = bioscale("run", "grids/smoke.yaml", "--no-such-option")
+    assert usage.returncode == 2 and "No such option" in usage.stderr and "Traceback" not in usage.stderr
+    assert bioscale("report", "--format", "pdf").returncode == 2
     missing = bioscale("run", str(tmp_path / "nope.yaml"))
     assert missing.returncode == 2 and "does not exist" in missing.stderr
     report = bioscale("report", "--results", str(results), "--grid", "nope")

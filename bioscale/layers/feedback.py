@@ -98,29 +98,62 @@ class MatrixFeedback(nn.Module):
     def forward(self, weight: Tensor) -> Tensor:
         return self.matrix
 
+    def for_step(self, weight: Tensor) -> Tensor:
+        return self.matrix
 
-class SignFeedback(nn.Module):
-    """B = sign(W) * scale, from the current W: sign-symmetry (Xiao et al.). The scale is a fixed float."""
 
-    def __init__(self, scale: float) -> None:
+class _SignBase(nn.Module):
+    """B computed from sign(W) at every training forward, into a reused workspace.
+
+    ``forward`` returns a fresh tensor (for ``feedback_weight``, diagnostics, anyone). ``for_step``, what the
+    layer's training forward uses, writes the same values into ``workspace`` (a non-persistent buffer shaped
+    like W): on the CPU a fresh W-sized tensor every step costs page faults worth ~15% of a small net's step.
+    The workspace is saved for backward, so overwriting it before that backward (a second training forward
+    through the layer first) is caught by autograd's in-place check, never silently used.
+    """
+
+    workspace: Tensor | None
+
+    def __init__(self, weight: Tensor | None) -> None:
         super().__init__()
-        self.scale = float(scale)
+        ws = torch.empty_like(weight, memory_format=torch.contiguous_format) if weight is not None else None
+        self.register_buffer("workspace", ws, persistent=False)
+
+    def _apply_sign(self, sign: Tensor) -> Tensor:
+        raise NotImplementedError
 
     def forward(self, weight: Tensor) -> Tensor:
-        return torch.sign(weight.detach()).mul_(self.scale)
+        return self._apply_sign(torch.sign(weight.detach()))
+
+    def for_step(self, weight: Tensor) -> Tensor:
+        if self.workspace is None or self.workspace.shape != weight.shape or self.workspace.dtype != weight.dtype:
+            return self(weight)
+        return self._apply_sign(torch.sign(weight.detach(), out=self.workspace))
+
+
+class SignFeedback(_SignBase):
+    """B = sign(W) * scale, from the current W: sign-symmetry (Xiao et al.). The scale is a fixed float.
+    Pass the layer's ``weight`` to get the reused workspace (see ``_SignBase``)."""
+
+    def __init__(self, scale: float, weight: Tensor | None = None) -> None:
+        super().__init__(weight)
+        self.scale = float(scale)
+
+    def _apply_sign(self, sign: Tensor) -> Tensor:
+        return sign.mul_(self.scale)
 
     def extra_repr(self) -> str:
         return f"scale={self.scale:.4g}"
 
 
-class SignMagnitudeFeedback(nn.Module):
+class SignMagnitudeFeedback(_SignBase):
     """B = |M| * sign(W): sign-concordant feedback with random magnitudes (Liao et al.'s frSF/brSF).
 
     ``magnitude`` holds |M| as a buffer; ``redraw_`` draws a fresh one (brSF calls it after every update).
     """
 
     def __init__(self, magnitude: Tensor, init: FeedbackInit) -> None:
-        super().__init__()
+        super().__init__(magnitude)
         self.init: FeedbackInit = init
         self.register_buffer("magnitude", magnitude.detach().abs())
 
@@ -131,8 +164,8 @@ class SignMagnitudeFeedback(nn.Module):
     def redraw_(self) -> None:
         draw_feedback_(self.magnitude, self.init).abs_()
 
-    def forward(self, weight: Tensor) -> Tensor:
-        return torch.sign(weight.detach()).mul_(self.magnitude)
+    def _apply_sign(self, sign: Tensor) -> Tensor:
+        return sign.mul_(self.magnitude)
 
     def extra_repr(self) -> str:
         return f"init={self.init!r}"
@@ -235,9 +268,12 @@ class FeedbackMixin:
         return torch.is_grad_enabled() and not self.use_backprop
 
     def _feedback_for(self, x: Tensor) -> Tensor:
-        """B when the input gradient is needed; else W as a stand-in that backward never reads (so the
-        first layer of a net, whose input is data, never pays for building sign(W) * scale)."""
-        return self.feedback_weight if x.requires_grad else self.weight
+        """B for this training step when the input gradient is needed; else W as a stand-in that backward
+        never reads (so the first layer of a net, whose input is data, never builds sign(W) * scale)."""
+        if not x.requires_grad:
+            return self.weight
+        for_step = getattr(self.feedback, "for_step", None)
+        return for_step(self.weight) if for_step is not None else self.feedback(self.weight)
 
 
 def _default_feedback(weight: Tensor, feedback: nn.Module | None) -> nn.Module:
@@ -295,7 +331,7 @@ class FeedbackLocallyConnected2d(FeedbackMixin, LocallyConnected2d):
 
     def forward(self, x: Tensor) -> Tensor:
         if self._feedback_active() and x.requires_grad:
-            return self._lc(x, backward_weight=self.feedback_weight)
+            return self._lc(x, backward_weight=self._feedback_for(x))
         return self._lc(x)
 
 

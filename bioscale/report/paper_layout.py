@@ -20,7 +20,7 @@ def method_of(rule: str, schedule: str, arch: str) -> str:
     return f"{name}, {schedule}" if schedule else name
 
 
-def _method_rank(method: str) -> tuple[int, str]:
+def method_rank(method: str) -> tuple[int, str]:
     order = ["DTP, parallel", "DTP, alternating", "SDTP, parallel", "SDTP, alternating", "AO-SDTP, parallel",
              "AO-SDTP, alternating", "FA", "DFA", "SS", "brSF", "frSF", "KP", "BP", "BP ConvNet"]
     return (order.index(method) if method in order else len(order), method)
@@ -52,7 +52,7 @@ def paper_table(frame: pd.DataFrame) -> pd.DataFrame:
         metrics = ["test", "top-5"] if has_top5 else ["train", "test"]
         columns += [f"{col} {m}" for m in metrics]
     rows = []
-    for method in sorted(dict.fromkeys(frame["method"]), key=_method_rank):
+    for method in sorted(dict.fromkeys(frame["method"]), key=method_rank):
         row = {"method": method}
         for col in dict.fromkeys(frame["column"]):
             cell = frame[(frame["method"] == method) & (frame["column"] == col)]

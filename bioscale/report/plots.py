@@ -13,7 +13,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from bioscale.report.paper_layout import ARCH_NAMES, method_of
+from bioscale.catalog import ARCHS, DATASETS
+from bioscale.report.paper_layout import ARCH_NAMES, method_of, method_rank
 
 DPI = 110
 
@@ -37,7 +38,7 @@ def _panels(keys: list[tuple[str, str]]) -> tuple[plt.Figure, list[plt.Axes]]:
     n = len(keys)
     cols = min(n, 3)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.9 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.9 * rows), squeeze=False, layout="constrained")
     flat = list(axes.flat)
     for ax in flat[n:]:
         ax.set_visible(False)
@@ -48,37 +49,58 @@ def _label(rule: str, schedule: str, arch: str) -> str:
     return method_of(rule, schedule, arch)
 
 
+def _with_panels(frame: pd.DataFrame) -> pd.DataFrame:
+    """Add `panel` ("dataset, ARCH") and `method` columns, sorted: datasets and archs in catalog order,
+    methods in the paper's row order."""
+    def rank(names: list[str], name: str) -> int:
+        return names.index(name) if name in names else len(names)
+
+    frame = frame.assign(
+        panel=[f"{d}, {ARCH_NAMES.get(a, a)}" for d, a in zip(frame.dataset, frame.arch, strict=True)],
+        method=[_label(r, s, a) for r, s, a in zip(frame.rule, frame.schedule, frame.arch, strict=True)],
+        _p=[(rank(DATASETS.names(), d), rank(ARCHS.names(), "lc" if a == "conv" else a))
+            for d, a in zip(frame.dataset, frame.arch, strict=True)])
+    frame = frame.assign(_m=[method_rank(m) for m in frame.method])
+    return frame.sort_values(["_p", "_m"], kind="stable")
+
+
+def _colors(methods: list[str]) -> dict[str, str]:
+    """The same colour for a method in every panel."""
+    return {m: f"C{i % 10}" for i, m in enumerate(sorted(set(methods), key=method_rank))}
+
+
+def _shared_legend(fig: plt.Figure, colors: dict[str, str], title: str) -> None:
+    handles = [plt.Line2D([], [], color=c, label=m) for m, c in colors.items()]
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, title=title,
+               title_fontsize=8, frameon=False)
+
+
 def learning_curves(curves: pd.DataFrame, path: Path) -> Path:
     """One panel per dataset x arch; one colour per method; test error solid, train error dashed."""
-    curves = curves.assign(panel=[f"{d}, {ARCH_NAMES.get(a, a)}" for d, a in zip(curves.dataset, curves.arch,
-                                                                             strict=True)])
+    curves = _with_panels(curves)
     keys = list(dict.fromkeys(curves["panel"]))
+    colors = _colors(list(curves["method"]))
     fig, axes = _panels(keys)
     for ax, panel in zip(axes, keys, strict=True):
         data = curves[curves["panel"] == panel]
-        for i, ((rule, schedule, arch), group) in enumerate(data.groupby(["rule", "schedule", "arch"], sort=False)):
+        for method, group in data.groupby("method", sort=False):
             mean = group.groupby("epoch")[["train_error", "test_error"]].mean()
-            color = f"C{i % 10}"
-            ax.plot(mean.index, mean["test_error"], color=color, label=_label(rule, schedule, arch))
-            ax.plot(mean.index, mean["train_error"], color=color, linestyle="--", alpha=0.7)
+            ax.plot(mean.index, mean["test_error"], color=colors[method])
+            ax.plot(mean.index, mean["train_error"], color=colors[method], linestyle="--", alpha=0.7)
         ax.set_title(panel)
         ax.set_xlabel("epoch")
         ax.set_ylabel("error (%)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, title="solid: test, dashed: train", title_fontsize=8)
+    _shared_legend(fig, colors, "solid: test\ndashed: train")
     fig.suptitle("Learning curves (mean over seeds)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
     return path
 
 
 def final_errors(frame: pd.DataFrame, path: Path) -> Path:
     """Best test error per method (mean ± std over seeds) next to the paper's, one panel per dataset x arch."""
-    frame = frame.assign(panel=[f"{d}, {ARCH_NAMES.get(a, a)}" for d, a in zip(frame.dataset, frame.arch,
-                                                                           strict=True)],
-                         method=[_label(r, s, a) for r, s, a in zip(frame.rule, frame.schedule, frame.arch,
-                                                                   strict=True)])
+    frame = _with_panels(frame)
     keys = list(dict.fromkeys(frame["panel"]))
     fig, axes = _panels(keys)
     for ax, panel in zip(axes, keys, strict=True):
@@ -86,8 +108,9 @@ def final_errors(frame: pd.DataFrame, path: Path) -> Path:
         stats = data.groupby("method", sort=False).agg(ours=("test_error", "mean"), std=("test_error", "std"),
                                                         paper=("paper_test_error", "first"))
         x = range(len(stats))
-        ax.bar([i - 0.2 for i in x], stats["ours"], width=0.4, yerr=stats["std"].fillna(0), capsize=3,
-               label="ours", color="C0")
+        has_std = stats["std"].notna().any()  # one seed: no error bar rather than a zero-width one
+        ax.bar([i - 0.2 for i in x], stats["ours"], width=0.4, yerr=stats["std"] if has_std else None,
+               capsize=3, label="ours (mean ± std over seeds)" if has_std else "ours", color="C0")
         ax.bar([i + 0.2 for i in x], stats["paper"], width=0.4, label="paper", color="C1")
         ax.set_xticks(list(x))
         ax.set_xticklabels(stats.index, rotation=35, ha="right", fontsize=8)
@@ -96,8 +119,7 @@ def final_errors(frame: pd.DataFrame, path: Path) -> Path:
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("Best test error: ours vs the paper's")
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -106,8 +128,8 @@ def angle_curves(curves: pd.DataFrame, metric: str, title: str, path: Path) -> P
     """One panel per method (dataset, arch); one line per layer; degrees over epochs, mean over seeds."""
     columns = [c for c in curves.columns if c.startswith(metric + "/")]
     data = curves.dropna(subset=columns, how="all")
-    data = data.assign(panel=[f"{_label(r, s, a)} ({d}, {ARCH_NAMES.get(a, a)})" for r, s, a, d in
-                              zip(data.rule, data.schedule, data.arch, data.dataset, strict=True)])
+    data = _with_panels(data)
+    data = data.assign(panel=[f"{m} ({p})" for m, p in zip(data.method, data.panel, strict=True)])
     keys = list(dict.fromkeys(data["panel"]))
     fig, axes = _panels(keys)
     for ax, panel in zip(axes, keys, strict=True):
@@ -117,14 +139,13 @@ def angle_curves(curves: pd.DataFrame, metric: str, title: str, path: Path) -> P
             if mean[col].notna().any():
                 ax.plot(mean.index, mean[col], label=col.split("/", 1)[1])
         ax.axhline(90, color="grey", linestyle=":", linewidth=1)
-        ax.set_ylim(0, 100)
+        ax.set_ylim(0, 180 if float(mean.max().max()) > 100 else 100)
         ax.set_xlabel("epoch")
         ax.set_ylabel("angle (degrees)")
         ax.set_title(panel, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, title="layer", title_fontsize=7)
     fig.suptitle(textwrap.fill(title.capitalize() + " (90° = unrelated)", 60), fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
     return path

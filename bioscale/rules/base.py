@@ -116,14 +116,20 @@ class BackwardRule(Rule):
         """Swap layers for the rule's feedback layers; backprop keeps the model as it is."""
         return model
 
-    def train_step(self, x: Tensor, y: Tensor) -> StepOutput:
+    def rule_backward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Forward, loss and the rule's backward pass (gradients accumulate; no step): (loss, logits).
+        The feedback layers change what this computes; DFA overrides it."""
         assert self.model is not None
-        opt = self.optimizers["model"]
-        opt.zero_grad(set_to_none=True)
         with self.autocast():
             logits = self.model(x)
             loss = self.criterion(logits, y)
         loss.backward()
+        return loss, logits
+
+    def train_step(self, x: Tensor, y: Tensor) -> StepOutput:
+        opt = self.optimizers["model"]
+        opt.zero_grad(set_to_none=True)
+        loss, logits = self.rule_backward(x, y)
         self.before_step()
         if getattr(self.params, "batch_manhattan", False):
             batch_manhattan_(opt)

@@ -32,24 +32,14 @@ from bioscale.layers.feedback import (
     is_feedback_layer,
 )
 from bioscale.models.base import LayeredNet, output_module
-from bioscale.optim import batch_manhattan_
 from bioscale.rules.angles import backprop_mode, gradient_angles, weight_feedback_angles
-from bioscale.rules.base import BackwardRule, StepOutput
+from bioscale.rules.base import BackwardRule
 
 
 class _AlignmentRule(BackwardRule):
     """A backward rule whose gradient pass (``rule_backward``) can be compared with backprop's."""
 
     params: BackwardParams
-
-    def rule_backward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """Forward, loss and the rule's backward pass (grads accumulate; no step). Returns (loss, logits)."""
-        assert self.model is not None
-        with self.autocast():
-            logits = self.model(x)
-            loss = self.criterion(logits, y)
-        loss.backward()
-        return loss, logits
 
     def backprop_backward(self, x: Tensor, y: Tensor) -> object:
         """The same pass with true backprop everywhere (for the diagnostics)."""
@@ -58,17 +48,6 @@ class _AlignmentRule(BackwardRule):
     def diagnosed_layers(self) -> dict[str, nn.Module]:
         """Layers whose update the rule changes, by qualified name."""
         raise NotImplementedError
-
-    def train_step(self, x: Tensor, y: Tensor) -> StepOutput:
-        opt = self.optimizers["model"]
-        opt.zero_grad(set_to_none=True)
-        loss, logits = self.rule_backward(x, y)
-        self.before_step()
-        if self.params.batch_manhattan:
-            batch_manhattan_(opt)
-        opt.step()
-        self.after_step()
-        return StepOutput(loss.detach(), logits.detach())
 
     def diagnostics(self, x: Tensor, y: Tensor) -> dict[str, float]:
         assert self.model is not None
@@ -121,7 +100,7 @@ class SignSymmetry(FeedbackRule):
     per training step: the layer computes it in forward and saves it for backward; never in evaluation)."""
 
     def make_feedback(self, weight: Tensor) -> nn.Module:
-        return SignFeedback(feedback_scale(weight.shape, self.params.feedback_init))
+        return SignFeedback(feedback_scale(weight.shape, self.params.feedback_init), weight)
 
 
 class FRSF(FeedbackRule):
@@ -234,7 +213,7 @@ class DFA(_AlignmentRule):
         return loss, logits
 
     def backprop_backward(self, x: Tensor, y: Tensor) -> object:
-        return _AlignmentRule.rule_backward(self, x, y)
+        return BackwardRule.rule_backward(self, x, y)
 
 
 __all__ = ["BRSF", "DFA", "FA", "FRSF", "FeedbackRule", "KolenPollack", "SignSymmetry"]

@@ -114,7 +114,7 @@ def test_state_dict_save_and_load() -> None:
     assert "3.feedback.matrix" in dst.state_dict()
 
 
-@pytest.mark.parametrize("make", [fa, lambda w: SignFeedback(0.1)])
+@pytest.mark.parametrize("make", [fa, lambda w: SignFeedback(0.1, w)])
 def test_compile_fullgraph_matches_eager(make: object) -> None:
     torch.manual_seed(3)
     model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 6 * 6, 4))

@@ -40,7 +40,7 @@ def _float64() -> object:
 def _sources(weight: torch.Tensor) -> dict[str, torch.nn.Module]:
     return {
         "matrix": MatrixFeedback.random(weight, "xavier"),
-        "sign": SignFeedback(0.37),
+        "sign": SignFeedback(0.37, weight),
         "sign_magnitude": SignMagnitudeFeedback.random(weight, "he-fanout"),
     }
 
@@ -81,6 +81,23 @@ def test_sign_feedback_is_sign_of_current_weight_times_scale() -> None:
     with torch.no_grad():
         layer.weight[0, 0] = 0.0
     assert layer.feedback_weight[0, 0] == 0.0  # sign(0) = 0, as Xiao's code
+
+
+def test_sign_workspace_is_reused_and_guarded() -> None:
+    torch.manual_seed(13)
+    layer = FeedbackLinear(6, 3, feedback=SignFeedback(0.5, torch.empty(3, 6)))
+    ws = layer.feedback.workspace
+    assert "feedback.workspace" not in layer.state_dict()  # derived from W: nothing to checkpoint
+    x, g = torch.randn(4, 6, requires_grad=True), torch.randn(4, 3)
+    layer(x).backward(g)
+    torch.testing.assert_close(x.grad, g @ (torch.sign(layer.weight) * 0.5), rtol=0, atol=1e-12)
+    assert layer.feedback.workspace is ws
+    torch.testing.assert_close(ws, torch.sign(layer.weight) * 0.5, rtol=0, atol=0)
+    # two training forwards before the first backward: the overwrite is caught, never silently used
+    out1 = layer(x)
+    layer(x)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out1.backward(g)
 
 
 def test_sign_magnitude_feedback_is_abs_m_times_sign_w_and_redraws() -> None:
