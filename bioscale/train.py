@@ -159,6 +159,7 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         wrong = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
+        running = self.spec.train.train_error == "running"  # else the argmax per step is wasted work
         has_logits = True
         t0 = time.perf_counter()
         for phase in rule.phases(epoch):
@@ -169,7 +170,7 @@ class Trainer:
                 seen += len(y)
                 if out.logits is None:
                     has_logits = False
-                else:
+                elif running:
                     wrong += (out.logits.argmax(1) != y).sum()
                 if (i + 1) % every == 0:  # the only host syncs inside the epoch
                     loss = float(out.loss)
@@ -179,8 +180,8 @@ class Trainer:
         if self.device is not None and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         elapsed = time.perf_counter() - t0
-        running = 100.0 * float(wrong) / seen if has_logits and seen else None
-        return elapsed, float(loss_sum) / max(seen, 1), running
+        error = 100.0 * float(wrong) / seen if running and has_logits and seen else None
+        return elapsed, float(loss_sum) / max(seen, 1), error
 
     def report(self, epoch: int, step: int, steps: int, loss: float | None, test_error: float | None) -> None:
         if self.on_progress is not None:

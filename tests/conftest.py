@@ -43,3 +43,14 @@ def tiny_grid() -> dict:
         },
         "axes": {"rule.name": ["bp", "fa"], "seed": [0, 1]},
     }
+
+
+@pytest.fixture
+def float64():
+    """Exact comparisons in float64; the global default dtype is restored after the test."""
+    import torch
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)

@@ -117,3 +117,15 @@ def test_corrupt_checkpoint_is_set_aside_not_fatal(tmp_path: Path, tiny_grid: di
     assert (jdir / "checkpoint.pt.aside-1").read_bytes() == b"\x80\x02 torn in half"
     assert (jdir / "metrics.jsonl.aside-1").read_text() == old_metrics  # nothing lost
     assert _numbers(jdir / "metrics.jsonl") == _numbers(jdir / "metrics.jsonl.aside-1")  # same seed, same run
+
+
+def test_running_train_error_is_what_training_saw(tmp_path: Path, tiny_grid: dict) -> None:
+    """`train_error: running` reports the errors of the training batches themselves (no clean pass)."""
+    evald = _job(tmp_path, tiny_grid, train={"epochs": 2, "batch_size": 64})
+    running = _job(tmp_path, tiny_grid, train={"epochs": 2, "batch_size": 64, "train_error": "running"})
+    run_job(evald, Store(tmp_path / "a"))
+    run_job(running, Store(tmp_path / "b"))
+    a = _numbers(tmp_path / "a" / "tiny" / evald.job_id / "metrics.jsonl")
+    b = _numbers(tmp_path / "b" / "tiny" / running.job_id / "metrics.jsonl")
+    assert [r["test_error"] for r in a] == [r["test_error"] for r in b]  # same training either way
+    assert [r["train_error"] for r in a] != [r["train_error"] for r in b]

@@ -48,15 +48,22 @@ class TensorLoader:
         n = len(self.x)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def _generator(self) -> torch.Generator:
+    def _generators(self, seed: int) -> tuple[torch.Generator | None, torch.Generator | None]:
+        """(for the order, for augmentation): one generator on the data's device, used for both."""
+        if not (self.shuffle or self.augment):
+            return None, None
         g = torch.Generator(device=self.x.device)
-        g.manual_seed(epoch_seed(self.seed, self.epoch))
-        return g
+        g.manual_seed(seed)
+        return g, g
+
+    def _to_device(self, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
+        """The batch as the rule gets it (already there for a device-resident set)."""
+        return xb, yb
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         n = len(self.x)
-        gen = self._generator() if (self.shuffle or self.augment) else None
-        order = torch.randperm(n, device=self.x.device, generator=gen) if self.shuffle else None
+        order_gen, aug_gen = self._generators(epoch_seed(self.seed, self.epoch))
+        order = torch.randperm(n, device=self.x.device, generator=order_gen) if self.shuffle else None
         for i in range(len(self)):
             sl = slice(i * self.batch_size, min((i + 1) * self.batch_size, n))
             if order is None:
@@ -64,8 +71,9 @@ class TensorLoader:
             else:
                 idx = order[sl]
                 xb, yb = self.x[idx], self.y[idx]
+            xb, yb = self._to_device(xb, yb)
             if self.augment is not None:
-                xb = self.augment(xb, gen)
+                xb = self.augment(xb, aug_gen)  # type: ignore[arg-type]
             yield xb, yb
 
 
@@ -74,60 +82,29 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 1_000_003 + epoch
 
 
-class HostTensorLoader:
+class HostTensorLoader(TensorLoader):
     """Like ``TensorLoader``, but the uint8 images stay in host memory and each batch is gathered, pinned
     and copied to the device as it is needed: for sets too big for the device (downsampled ImageNet) that
     still fit in RAM. Images reach the rule as float32 divided by ``scale``; ``augment`` runs on the device.
     """
 
-    def __init__(
-        self,
-        x: Tensor,
-        y: Tensor,
-        batch_size: int,
-        device: torch.device,
-        *,
-        shuffle: bool = False,
-        seed: int = 0,
-        augment: Augment | None = None,
-        scale: float = 255.0,
-        drop_last: bool = False,
-    ) -> None:
-        if len(x) != len(y):
-            raise ValueError(f"x has {len(x)} examples but y has {len(y)}")
-        self.x, self.y = x, y
-        self.batch_size = batch_size
+    def __init__(self, x: Tensor, y: Tensor, batch_size: int, device: torch.device, *, scale: float = 255.0,
+                 **kwargs: Any) -> None:
+        super().__init__(x, y, batch_size, **kwargs)
         self.device = torch.device(device)
-        self.shuffle, self.seed, self.augment, self.scale, self.drop_last = shuffle, seed, augment, scale, drop_last
-        self.epoch = 0
+        self.scale = scale
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def _generators(self, seed: int) -> tuple[torch.Generator | None, torch.Generator | None]:
+        """The order is drawn on the host, the augmentation on the device, both from the epoch's seed."""
+        order = torch.Generator().manual_seed(seed) if self.shuffle else None
+        aug = torch.Generator(device=self.device).manual_seed(seed) if self.augment is not None else None
+        return order, aug
 
-    def __len__(self) -> int:
-        n = len(self.x)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        n = len(self.x)
-        s = epoch_seed(self.seed, self.epoch)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(s)) if self.shuffle else None
-        gen = torch.Generator(device=self.device).manual_seed(s) if self.augment is not None else None
-        pin = self.device.type == "cuda"
-        for i in range(len(self)):
-            sl = slice(i * self.batch_size, min((i + 1) * self.batch_size, n))
-            if order is None:
-                xb, yb = self.x[sl], self.y[sl]
-            else:
-                idx = order[sl]
-                xb, yb = self.x[idx], self.y[idx]
-            if pin:
-                xb, yb = xb.pin_memory(), yb.pin_memory()
-            xb = xb.to(self.device, non_blocking=True).to(torch.float32) / self.scale
-            yb = yb.to(self.device, non_blocking=True)
-            if self.augment is not None:
-                xb = self.augment(xb, gen)  # type: ignore[arg-type]
-            yield xb, yb
+    def _to_device(self, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
+        if self.device.type == "cuda":
+            xb, yb = xb.pin_memory(), yb.pin_memory()
+        xb = xb.to(self.device, non_blocking=True).to(torch.float32) / self.scale
+        return xb, yb.to(self.device, non_blocking=True)
 
 
 class EpochSampler(torch.utils.data.Sampler):

@@ -27,14 +27,7 @@ from bioscale.layers.feedback import (
 )
 from bioscale.layers.locally_connected import LocallyConnected2d
 
-
-@pytest.fixture(autouse=True)
-def _float64() -> object:
-    """Exact comparisons in float64; the global default is restored after each test."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")  # exact comparisons in float64
 
 
 def _sources(weight: torch.Tensor) -> dict[str, torch.nn.Module]:

@@ -35,12 +35,7 @@ BACKWARD = {"fa": FA, "ss": SignSymmetry, "frsf": FRSF, "brsf": BRSF, "kp": Kole
 SGD = OptimSpec(name="sgd", lr=0.1)
 
 
-@pytest.fixture(autouse=True)
-def _float64() -> object:
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64")  # exact comparisons in float64
 
 
 def make_net(hidden: list[int] = [6, 5], seed: int = 0) -> LayeredNet:  # noqa: B006
@@ -422,15 +417,12 @@ def test_dfa_diagnostics() -> None:
 
 @pytest.mark.slow
 def test_fa_dfa_ss_train_the_fc_net_on_mnist5k_close_to_bp() -> None:
-    data_mod = pytest.importorskip("bioscale.data")
+    from bioscale import data as data_mod
     from bioscale.spec import DatasetSpec
 
     torch.set_default_dtype(torch.float32)
     ctx = data_mod.LoadContext(batch_size=64, eval_batch_size=1000, device=torch.device("cpu"), seed=0)
-    try:
-        data = data_mod.load_data(DatasetSpec(name="mnist-5k"), ctx)
-    except (ImportError, BioscaleError) as e:  # pragma: no cover - depends on the environment
-        pytest.skip(f"mnist-5k not available: {e}")
+    data = data_mod.load_data(DatasetSpec(name="mnist-5k"), ctx)  # bundled: a failure here is a real one
     errors = {}
     for name in ["bp", "fa", "dfa", "ss"]:
         torch.manual_seed(0)
