@@ -1,11 +1,12 @@
-"""Every architecture builds through the catalog and takes one finite backprop step on a tiny batch."""
+"""Every architecture builds through the catalog and takes one finite step on a tiny batch under bp, fa and ss,
+and under dtp where it is layered: every parameter (inverses included) moves."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from bioscale.catalog import RULES, load_impl
+from bioscale.catalog import ARCHS, RULES, load_impl
 from bioscale.data.base import DataInfo
 from bioscale.models import build_model
 from bioscale.spec import ArchSpec, OptimSpec
@@ -22,12 +23,17 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("arch", "info"), CASES, ids=[f"{a}-{i.family}-{i.input_shape[1]}" for a, i in CASES])
-def test_one_bp_step_is_finite_and_changes_every_parameter(arch, info):
+RULE_CASES = [(rule, arch, info) for arch, info in CASES for rule in ("bp", "fa", "ss", "dtp")
+              if rule != "dtp" or ARCHS.get(arch).layered]
+
+
+@pytest.mark.parametrize(("rule_name", "arch", "info"), RULE_CASES,
+                         ids=[f"{r}-{a}-{i.family}-{i.input_shape[1]}" for r, a, i in RULE_CASES])
+def test_one_step_is_finite_and_changes_every_parameter(rule_name, arch, info):
     torch.manual_seed(0)
     model = build_model(ArchSpec(name=arch), info)
-    entry = RULES.get("bp")
-    rule = load_impl(entry.impl)(entry.params(), OptimSpec(name="adam", lr=1e-3))
+    entry = RULES.get(rule_name)
+    rule = load_impl(entry.impl)(entry.params(), OptimSpec(name="adam", lr=1e-3), OptimSpec(name="adam", lr=1e-3))
     model = rule.prepare(model)
     rule.setup(torch.device("cpu"))
     before = [p.detach().clone() for p in model.parameters()]
