@@ -96,6 +96,10 @@ def run(
         counts[r.status] = counts.get(r.status, 0) + 1
     err.print("finished: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) +
               f". See `bioscale report --results {results} --grid {grid.name}`.")
+    if counts.get("failed"):  # a script or pipeline must see it; diverged is a result, not a failure
+        err.print(f"{counts['failed']} job(s) failed: their errors are above and in the report. Fix the "
+                  "cause and run the same command again: finished jobs are kept, failed ones are retried.")
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -215,7 +219,9 @@ def list_(what: Annotated[Listing, typer.Argument(help="rules, archs or datasets
 def main() -> None:
     """Entry point: bad input is one paragraph on stderr and exit code 2, never a traceback."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # click returns typer.Exit's code here instead of raising it
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except BioscaleError as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)

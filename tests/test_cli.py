@@ -46,7 +46,7 @@ def test_bad_input_is_one_paragraph_and_nonzero(tmp_path: Path, tiny_grid: dict)
         proc = bioscale(*args)
         assert proc.returncode == 2
         assert "Unknown rule 'feedback-alignment'" in proc.stderr and "Traceback" not in proc.stderr
-    assert not results.exists()  # nothing started
+    assert not results.exists()  # nothing started on an invalid grid
     usage = bioscale("run", "grids/smoke.yaml", "--no-such-option")
     assert usage.returncode == 2 and "No such option" in usage.stderr and "Traceback" not in usage.stderr
     assert bioscale("report", "--format", "pdf").returncode == 2
@@ -54,6 +54,9 @@ def test_bad_input_is_one_paragraph_and_nonzero(tmp_path: Path, tiny_grid: dict)
     assert missing.returncode == 2 and "does not exist" in missing.stderr
     report = bioscale("report", "--results", str(results), "--grid", "nope")
     assert report.returncode == 2 and "No results for grid 'nope'" in report.stderr
+    failing = bioscale("run", "grids/table2.yaml", "--results", str(results), "-q")  # no ImageNet here
+    assert failing.returncode == 1 and "6 job(s) failed" in failing.stderr and "DataError" in failing.stderr
+    assert "Traceback" not in failing.stderr
     a_file = tmp_path / "a-file"
     a_file.write_text("not a folder")
     proc = bioscale("run", "grids/smoke.yaml", "--results", str(a_file))

@@ -47,9 +47,13 @@ def paper_table(frame: pd.DataFrame) -> pd.DataFrame:
     columns: list[str] = []
     for col in dict.fromkeys(frame["column"]):
         group = frame[frame["column"] == col]
-        has_top5 = group["top5_error"].notna().any() and (
-            group["paper_top5_error"].notna().any() or group["paper_train_error"].isna().all())
-        metrics = ["test", "top-5"] if has_top5 else ["train", "test"]
+        paper_train = group["paper_train_error"].notna().any()
+        paper_top5 = group["paper_top5_error"].notna().any()
+        # the paper's own columns (Table 1: train/test; Table 2: top-1/top-5); ours alone: all we have
+        metrics = ["train"] if paper_train or not paper_top5 else []
+        metrics.append("test")
+        if paper_top5 or (group["top5_error"].notna().any() and not paper_train):
+            metrics.append("top-5")
         columns += [f"{col} {m}" for m in metrics]
     rows = []
     for method in sorted(dict.fromkeys(frame["method"]), key=method_rank):

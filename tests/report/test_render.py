@@ -60,3 +60,16 @@ def test_paper_layout_matches_golden_file(fixed_store: Store) -> None:
     assert list(rows)[1:] == ["DTP, alternating", "SDTP, parallel", "FA", "DFA", "BP"]
     assert "2.60 ± 0.14 (1.48, +1.12)" in rows["BP"]
     assert "– (2.75)" in rows["DFA"]  # pending: the paper's number, nothing of ours yet
+
+
+def test_paper_layout_uses_the_papers_columns_for_imagenet(tmp_path: Path) -> None:
+    """Table 2 reports top-1 and top-5, no train error: so does the layout, also before any result."""
+    from bioscale.grid import resolve
+
+    store = Store(tmp_path)
+    spec = resolve({"dataset": "imagenet", "arch": "lc", "rule": "fa"})
+    store.job_dir("table2", spec.job_id()).write_spec("table2", spec)
+    text = render(load_frame(store), "markdown", layout="paper")
+    header = text.splitlines()[0]
+    assert "imagenet LC test" in header and "imagenet LC top-5" in header and "train" not in header
+    assert "– (93.08)" in text and "– (82.54)" in text
