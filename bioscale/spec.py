@@ -165,4 +165,6 @@ class JobResult(Strict):
     epoch_time_s: float | None = None
     wall_time_s: float | None = None
     error: str | None = None
+    rule_setup: str | None = None
+    """What the rule did to the model (e.g. "converted 20 Conv2d; kept on backprop: fc")."""
     provenance: Provenance | None = None

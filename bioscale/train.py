@@ -79,6 +79,7 @@ def run_job(job: Job, store: Store, on_progress: ProgressFn | None = None) -> Jo
         result.error = f"{type(exc).__name__}: {exc}\n{tb}"
     if trainer.restart_note:
         result.error = f"{result.error}\n{trainer.restart_note}" if result.error else trainer.restart_note
+    result.rule_setup = trainer.rule_setup
     provenance.device = str(trainer.device) if trainer.device is not None else None
     provenance.finished_at = now()
     result.provenance = provenance
@@ -98,6 +99,7 @@ class Trainer:
         self.previous_wall_time = 0.0
         self.started = time.perf_counter()
         self.restart_note: str | None = None
+        self.rule_setup: str | None = None
 
     def wall_time(self) -> float:
         """Seconds spent on this job, over every run that resumed it."""
@@ -114,6 +116,7 @@ class Trainer:
         seed_everything(spec.seed)  # the model's init does not depend on what loading the data drew
         rule = build_rule(spec)
         model = rule.prepare(build_model(spec.arch, data.info))
+        self.rule_setup = rule.describe()
         model.to(self.device)
         rule.setup(self.device, spec.train.amp)
         if spec.train.compile:

@@ -129,3 +129,11 @@ def test_running_train_error_is_what_training_saw(tmp_path: Path, tiny_grid: dic
     b = _numbers(tmp_path / "b" / "tiny" / running.job_id / "metrics.jsonl")
     assert [r["test_error"] for r in a] == [r["test_error"] for r in b]  # same training either way
     assert [r["train_error"] for r in a] != [r["train_error"] for r in b]
+
+
+def test_what_the_rule_did_to_the_model_is_recorded(tmp_path: Path, tiny_grid: dict) -> None:
+    job = _job(tmp_path, tiny_grid, rule={"name": "fa", "params": {"last_layer_bp": True}}, train={"epochs": 1})
+    result = run_job(job, Store(tmp_path))
+    assert result.rule_setup == "converted 2 Linear; kept on backprop: layers.2.op"
+    saved = json.loads((tmp_path / "tiny" / job.job_id / "result.json").read_text())
+    assert saved["rule_setup"] == result.rule_setup

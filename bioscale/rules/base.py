@@ -91,6 +91,11 @@ class Rule(ABC):
         """Per-layer measurements on one batch (alignment angles, ...), logged each epoch."""
         return {}
 
+    def describe(self) -> str | None:
+        """One line on what ``prepare`` did to the model (layers converted, inverses attached), recorded in
+        the job's result so a reader can check the rule reached the layers it should."""
+        return None
+
     def current_lr(self) -> float | None:
         opt = self.optimizers.get("model")
         return float(opt.param_groups[0]["lr"]) if opt else None

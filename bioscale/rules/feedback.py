@@ -80,6 +80,9 @@ class FeedbackRule(_AlignmentRule):
     def diagnosed_layers(self) -> dict[str, nn.Module]:
         return self._layers
 
+    def describe(self) -> str | None:
+        return str(self.report) if self.report is not None else None
+
     def backprop_backward(self, x: Tensor, y: Tensor) -> object:
         with backprop_mode(self._layers):
             return self.rule_backward(x, y)
@@ -187,6 +190,9 @@ class DFA(_AlignmentRule):
         self._net = model
         self._layers = {f"layers.{i}.op": layer.op for i, layer in enumerate(model.layers[:-1])}
         return model
+
+    def describe(self) -> str | None:
+        return f"direct feedback from the output to {len(self._layers)} hidden layers: {', '.join(self._layers)}"
 
     def diagnosed_layers(self) -> dict[str, nn.Module]:
         return self._layers

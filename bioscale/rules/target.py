@@ -95,6 +95,10 @@ class TargetRule(Rule):
         ).to(device)
         return model
 
+    def describe(self) -> str | None:
+        names = ", ".join(f"{type(g).__name__} for layers.{i}" for i, g in self.inverses.items())
+        return f"inverses: {names}"
+
     def attach(self, model: LayeredNet) -> None:
         """Hook for extra fixed modules (AO-SDTP's random features) before the inverses are built."""
 
