@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from bioscale.catalog.datasets import SyntheticParams
-from bioscale.data.base import DataBundle, DataInfo
-from bioscale.data.loaders import TensorLoader
+from bioscale.data.base import DataBundle
+from bioscale.data.bundle import tensor_bundle
 
 if TYPE_CHECKING:
     from bioscale.data import LoadContext  # a runtime import would be a cycle
@@ -24,15 +24,9 @@ def make_tensors(params: SyntheticParams, n: int, seed: int) -> tuple[torch.Tens
 
 
 def load(params: SyntheticParams, ctx: LoadContext) -> DataBundle:
-    x_tr, y_tr = make_tensors(params, params.subset or params.train_size, seed=1)
-    x_te, y_te = make_tensors(params, params.test_size, seed=2)
-    x_tr, y_tr, x_te, y_te = (t.to(ctx.device) for t in (x_tr, y_tr, x_te, y_te))
-    c, h, w = params.shape
-    family = "mnist" if c == 1 else "cifar10"
-    info = DataInfo(family, (c, h, w), params.num_classes, len(x_tr), len(x_te))
-    return DataBundle(
-        info=info,
-        train=TensorLoader(x_tr, y_tr, ctx.batch_size, shuffle=True, seed=ctx.seed),
-        train_eval=TensorLoader(x_tr, y_tr, ctx.eval_batch_size),
-        test=TensorLoader(x_te, y_te, ctx.eval_batch_size),
-    )
+    """Through ``tensor_bundle`` like every small dataset, so ``subset`` is the same stratified pick."""
+    c = params.shape[0]
+    train = make_tensors(params, params.train_size, seed=1)
+    test = make_tensors(params, params.test_size, seed=2)
+    return tensor_bundle("synthetic", "mnist" if c == 1 else "cifar10", params.num_classes, train, test, ctx,
+                         subset=params.subset, scale=1.0)
