@@ -24,11 +24,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from bioscale.catalog.rules import BackwardParams, KPParams
 from bioscale.models.base import Layer, LayeredNet, glorot_
 from bioscale.rules.base import BackwardRule
 from bioscale.rules.bp import BP
-from bioscale.rules.feedback import BRSF, DFA, FA, FRSF, KolenPollack, SignSymmetry
+from bioscale.rules.feedback import BRSF, DFA, FA, FRSF, BackwardParams, KolenPollack, KPParams, SignSymmetry
 from bioscale.spec import OptimSpec
 
 RULES: dict[str, Callable[[], BackwardRule]] = {

@@ -24,11 +24,10 @@ from pathlib import Path
 
 import torch
 
-from bioscale.catalog.archs import FCParams
-from bioscale.catalog.datasets import DownloadParams
-from bioscale.catalog.rules import BPParams
-from bioscale.data import LoadContext, mnist
-from bioscale.models.presets import build_fc
+from bioscale.data import LoaderSettings, mnist
+from bioscale.data.params import DownloadParams
+from bioscale.models.presets import FCParams, build_fc
+from bioscale.rules.base import BPParams
 from bioscale.rules.bp import BP
 from bioscale.spec import OptimSpec
 
@@ -76,7 +75,7 @@ def main() -> None:
     from torch.utils.data import DataLoader, TensorDataset
     from torchvision import datasets, transforms
 
-    ctx = LoadContext(batch_size=128, eval_batch_size=1000, device=device, seed=0)
+    ctx = LoaderSettings(batch_size=128, eval_batch_size=1000, device=device, seed=0)
 
     def load_ours(root: str | None = None) -> object:
         mnist._cache.clear()

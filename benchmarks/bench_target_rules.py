@@ -24,18 +24,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bioscale.catalog.archs import FCParams
-from bioscale.catalog.rules import AOSDTPParams, BPParams, DTPParams, TargetParams
-from bioscale.data.base import DataInfo
-from bioscale.models.presets import build_fc
-from bioscale.rules.base import Rule
+from bioscale.data.base import DataShape
+from bioscale.models.presets import FCParams, build_fc
+from bioscale.rules.base import BPParams, Rule
 from bioscale.rules.bp import BP
-from bioscale.rules.target import AOSDTP, DTP, SDTP
+from bioscale.rules.target import AOSDTP, DTP, SDTP, AOSDTPParams, DTPParams, TargetParams
 from bioscale.spec import OptimSpec
 
 NETS = {
-    "mnist-fc": DataInfo("mnist", (1, 28, 28), 10, 60000, 10000),
-    "cifar-fc": DataInfo("cifar10", (3, 32, 32), 10, 50000, 10000),
+    "mnist-fc": DataShape("mnist", (1, 28, 28), 10, 60000, 10000),
+    "cifar-fc": DataShape("cifar10", (3, 32, 32), 10, 50000, 10000),
 }
 # (label, rule class, params, phase): "train" is a parallel step; "inverse"/"forward" the two
 # alternating passes.
@@ -51,7 +49,7 @@ CASES = [
 ]
 
 
-def build(info: DataInfo, cls: type[Rule], params: object, phase: str) -> Rule:
+def build(info: DataShape, cls: type[Rule], params: object, phase: str) -> Rule:
     torch.manual_seed(0)
     rule = cls(params, OptimSpec(lr=1e-4), OptimSpec(lr=1e-4))
     rule.prepare(build_fc(FCParams(), info))

@@ -15,8 +15,9 @@ import time
 import torch
 from torch import nn
 
-from bioscale.data import LoadContext, load_data
-from bioscale.grid import Job, resolve
+from bioscale.data import LoaderSettings, load_data
+from bioscale.grid import resolve
+from bioscale.job import Job
 from bioscale.models import build_model
 from bioscale.spec import DatasetSpec
 from bioscale.store import Store
@@ -26,7 +27,7 @@ from bioscale.train import run_job
 def bare_loop(epochs: int, batch_size: int) -> list[float]:
     """The loop a researcher would write by hand: same tensors, same net, same Adam."""
     torch.manual_seed(0)
-    data = load_data(DatasetSpec(name="mnist-5k"), LoadContext(batch_size, 1000, torch.device("cpu"), 0))
+    data = load_data(DatasetSpec(name="mnist-5k"), LoaderSettings(batch_size, 1000, torch.device("cpu"), 0))
     x, y = data.train.x, data.train.y  # the device-resident tensors
     spec = resolve({"dataset": "mnist-5k", "arch": "fc", "rule": "bp"})
     model = build_model(spec.arch, data.info)

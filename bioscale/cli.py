@@ -1,16 +1,21 @@
-"""The ``bioscale`` command. Commands are thin: the work is in grid, executors, store and report."""
+"""The ``bioscale`` command. Commands are thin: the work is in ``bioscale.runner`` (the Python API), the
+executors, the store and the report."""
 
 from __future__ import annotations
 
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from bioscale.errors import BioscaleError
+
+if TYPE_CHECKING:
+    from bioscale.job import Job
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Reproduce and extend benchmarks of biologically-motivated learning rules.")
@@ -46,11 +51,23 @@ class Listing(str, Enum):
     datasets = "datasets"
 
 
-def _expand(grid_file: Path, sets: list[str] | None):  # type: ignore[no-untyped-def]
-    from bioscale.grid import expand, load_grid, parse_set
+@app.callback()
+def _options(plugin: Annotated[list[str] | None, typer.Option(
+        "--plugin", metavar="PATH_OR_MODULE",
+        help="Import a module (dotted name or .py file) that registers rules, archs or datasets, before the "
+             "command runs (repeatable). Installed plugins (entry points `bioscale.plugins`) load by "
+             "themselves.")] = None) -> None:
+    """Reproduce and extend benchmarks of biologically-motivated learning rules."""
+    if plugin:
+        from bioscale.catalog import load_plugins
 
-    grid = load_grid(grid_file)
-    return grid, expand(grid, parse_set(sets or []), source=str(grid_file))
+        load_plugins(plugin)
+
+
+def _expand(grid_file: Path, sets: list[str] | None) -> list[Job]:
+    from bioscale.runner import expand_grid
+
+    return expand_grid(grid_file, sets or [])[1]
 
 
 @app.command()
@@ -64,40 +81,22 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
 ) -> None:
     """Run every job of GRID that is not already done; an interrupted grid resumes where it stopped."""
-    from bioscale.executors import make_executor
     from bioscale.progress import Display
-    from bioscale.spec import ExecutorSpec
-    from bioscale.store import Store
+    from bioscale.runner import choose_executor, plan, run_plan
 
-    grid, jobs = _expand(grid_file, set_)
-    spec = grid.executor
-    if executor is not None or workers is not None or threads is not None:
-        name = executor or (spec.name if spec else ("local" if workers else "inline"))
-        params = dict(spec.params) if spec and spec.name == name else {}
-        params.update({k: v for k, v in (("workers", workers), ("threads", threads)) if v is not None})
-        spec = ExecutorSpec(name=name, params=params)
-    runner = make_executor(spec)
-    store = Store(results)
-    todo = []
-    for job in jobs:
-        jdir = store.job_dir(job.grid, job.job_id)
-        jdir.write_spec(job.grid, job.spec)  # so the report shows it as pending
-        if jdir.status() in ("pending", "failed"):
-            todo.append(job)
-    skipped = len(jobs) - len(todo)
-    err.print(f"[bold]{grid.name}[/]: {len(jobs)} jobs, {skipped} already finished, {len(todo)} to run "
-              f"-> {results / grid.name}")
-    if not todo:
+    planned = plan(grid_file, results, set_ or [])
+    runner = choose_executor(planned.grid, executor, workers, threads)
+    err.print(f"[bold]{escape(planned.grid.name)}[/]: {len(planned.jobs)} jobs, {planned.skipped} already "
+              f"finished, {len(planned.todo)} to run -> {escape(str(planned.results_dir))}")
+    with Display(len(planned.todo), console=err, enabled=bool(planned.todo) and not quiet) as display:
+        summary = run_plan(planned, runner, on_event=display)
+    if not summary.results:
         return
-    with Display(len(todo), console=err, enabled=not quiet) as display:
-        done = runner.run(todo, store, display)
-    counts: dict[str, int] = {}
-    for r in done:
-        counts[r.status] = counts.get(r.status, 0) + 1
-    err.print("finished: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) +
-              f". See `bioscale report --results {results} --grid {grid.name}`.")
-    if counts.get("failed"):  # a script or pipeline must see it; diverged is a result, not a failure
-        err.print(f"{counts['failed']} job(s) failed: their errors are above and in the report. Fix the "
+    err.print("finished: " + ", ".join(f"{n} {s}" for s, n in summary.counts.items()) +
+              f". See `bioscale report --results {escape(str(results))} --grid {escape(summary.grid)}`.",
+              highlight=False)
+    if summary.failed:  # a script or pipeline must see it; diverged is a result, not a failure
+        err.print(f"{len(summary.failed)} job(s) failed: their errors are above and in the report. Fix the "
                   "cause and run the same command again: finished jobs are kept, failed ones are retried.")
         raise typer.Exit(1)
 
@@ -114,27 +113,23 @@ def report(
     plots: Annotated[Path | None, typer.Option(help="Also write PNG figures to this folder.")] = None,
 ) -> None:
     """Tables of results next to the papers' numbers, and optionally figures."""
-    from bioscale.report import load_frame, render
-    from bioscale.store import Store
+    from bioscale.report import render
+    from bioscale.runner import load_results
 
-    store = Store(results)
-    if grid is not None and grid not in store.grids():
-        known = ", ".join(store.grids()) or "none"
-        raise BioscaleError(f"No results for grid {grid!r} in {results}. Grids there: {known}. Run "
-                            f"`bioscale run grids/{grid}.yaml --results {results}` first.")
-    frame = load_frame(store, grid)
+    frame = load_results(results, grid)
     text = render(frame, format_.value, layout.value)
     if plots is not None:
         from bioscale.report.frame import load_curves
         from bioscale.report.plots import write_plots
+        from bioscale.store import Store
 
-        for path in write_plots(frame, load_curves(store, grid), plots):
-            err.print(f"wrote {path}")
+        for path in write_plots(frame, load_curves(Store(results), grid), plots):
+            err.print(f"wrote {escape(str(path))}", highlight=False)
     if output is not None:
         from bioscale.store import atomic_write_text
 
         atomic_write_text(output, text)
-        err.print(f"wrote {output}")
+        err.print(f"wrote {escape(str(output))}", highlight=False)
     else:
         sys.stdout.write(text)
 
@@ -142,8 +137,8 @@ def report(
 @grid_app.command("validate")
 def grid_validate(grid_file: Annotated[Path, typer.Argument(metavar="GRID")], set_: SetOpt = None) -> None:
     """Check GRID: keys, types, names and rule x arch pairs. Nothing runs."""
-    _, jobs = _expand(grid_file, set_)
-    out.print(f"{grid_file}: valid, {len(jobs)} jobs.")
+    jobs = _expand(grid_file, set_)
+    out.print(f"{grid_file}: valid, {len(jobs)} jobs.", markup=False, highlight=False)
 
 
 @grid_app.command("expand")
@@ -155,7 +150,7 @@ def grid_expand(
     """List the jobs of GRID with their ids (as JSON lines with --json)."""
     import json
 
-    _, jobs = _expand(grid_file, set_)
+    jobs = _expand(grid_file, set_)
     for job in jobs:
         if json_:
             sys.stdout.write(json.dumps({"job_id": job.job_id, "grid": job.grid,
@@ -164,7 +159,8 @@ def grid_expand(
             s = job.spec
             sched = s.rule.params.get("schedule")
             out.print(f"{job.job_id}  {s.rule.name}{'/' + sched if sched else ''}  {s.arch.name}  "
-                      f"{s.dataset.name}  seed={s.seed}  epochs={s.train.epochs}  lr={s.optim.lr:g}")
+                      f"{s.dataset.name}  seed={s.seed}  epochs={s.train.epochs}  lr={s.optim.lr:g}",
+                      markup=False)
 
 
 @arch_app.command("summary")
@@ -177,43 +173,17 @@ def arch_summary(
 ) -> None:
     """Layers, output shapes, parameter count and the memory one training step needs (computed, nothing
     is allocated: check before a run whether a net fits your GPU)."""
-    from bioscale.catalog import ARCHS, DATASETS
-    from bioscale.data.base import DataInfo
-    from bioscale.grid import parse_set
-    from bioscale.models.summary import render, summarize
-    from bioscale.registry import UnknownNameError
-    from bioscale.spec import ArchSpec
+    from bioscale.models.summary import describe_arch
 
-    try:
-        ARCHS.get(name)
-        data = DATASETS.get(dataset)
-    except UnknownNameError as exc:
-        raise BioscaleError(str(exc)) from None
-    info = DataInfo(data.family, data.input_shape, data.num_classes, 0, 0)
-    spec = ArchSpec(name=name, params=parse_set(param or []))
-    out.print(render(summarize(spec, info, batch_size)), highlight=False)
+    out.print(describe_arch(name, dataset, batch_size, param or []), highlight=False)
 
 
 @app.command("list")
 def list_(what: Annotated[Listing, typer.Argument(help="rules, archs or datasets.")]) -> None:
     """What can go in a grid, with a one-line summary and the parameters each takes."""
-    from rich.table import Table
+    from bioscale.listing import list_table
 
-    from bioscale.catalog import ARCHS, DATASETS, RULES
-
-    registry = {"rules": RULES, "archs": ARCHS, "datasets": DATASETS}[what.value]
-    table = Table(header_style="bold")
-    for col in ("name", "summary", "params"):
-        table.add_column(col)
-    for name, info in registry.items():
-        params = ", ".join(f"{k}={f.default!r}" for k, f in info.params.model_fields.items())
-        summary = info.summary
-        if what == Listing.rules:
-            summary += f" [{info.family}{', layered archs only' if info.needs_layered else ''}]"
-        elif what == Listing.archs:
-            summary += " [all rules]" if info.layered else " [backward rules except dfa]"
-        table.add_row(name, summary, params)
-    out.print(table)
+    out.print(list_table(what.value))
 
 
 def main() -> None:
@@ -223,12 +193,12 @@ def main() -> None:
         if isinstance(code, int) and code:
             sys.exit(code)
     except BioscaleError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except OSError as exc:  # a results path that is a file, a full disk, no permission: say so plainly
-        err.print(f"[bold red]error:[/] {exc.strerror or exc} ({exc.filename or ''}). Check the path and "
-                  "its permissions, or give another one with --results/--output.", highlight=False,
-                  soft_wrap=True)
+        what, where = escape(str(exc.strerror or exc)), escape(str(exc.filename or ""))
+        err.print(f"[bold red]error:[/] {what} ({where}). Check the path and its permissions, or give another "
+                  "one with --results/--output.", highlight=False, soft_wrap=True)
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
         err.print("interrupted: finished epochs are saved; run the same command again to resume.")

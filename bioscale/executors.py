@@ -15,25 +15,27 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any
 
 from bioscale.errors import BioscaleError
-from bioscale.grid import Job
-from bioscale.progress import Display
+from bioscale.events import Event, EventHandler, JobFinished, JobStarted, ignore
+from bioscale.job import Job
 from bioscale.spec import ExecutorSpec, JobResult
 from bioscale.store import Store
 
 
 class Executor(ABC):
     @abstractmethod
-    def run(self, jobs: list[Job], store: Store, display: Display) -> list[JobResult]:
-        """Run every job; a job's failure is its result, not an exception."""
+    def run(self, jobs: list[Job], store: Store, on_event: EventHandler | None = None) -> list[JobResult]:
+        """Run every job; a job's failure is its result, not an exception. ``on_event`` sees each job's
+        ``JobStarted``, ``JobProgress``... and ``JobFinished`` (``bioscale.events``)."""
 
 
 class InlineExecutor(Executor):
     def __init__(self, threads: int | None = None) -> None:
         self.threads = threads
 
-    def run(self, jobs: list[Job], store: Store, display: Display) -> list[JobResult]:
+    def run(self, jobs: list[Job], store: Store, on_event: EventHandler | None = None) -> list[JobResult]:
         from bioscale.train import run_job
 
+        on_event = on_event or ignore
         if self.threads:
             import torch
 
@@ -41,9 +43,9 @@ class InlineExecutor(Executor):
 
         results = []
         for job in jobs:
-            display.job_started(job.job_id, job.label, job.spec.train.epochs)
-            result = run_job(job, store, display.update)
-            display.job_finished(job.job_id, result.status, result.test_error, result.error)
+            on_event(JobStarted(job.job_id, job.label, job.spec.train.epochs))
+            result = run_job(job, store, on_event)
+            on_event(_finished(job, result))
             results.append(result)
         return results
 
@@ -61,7 +63,10 @@ class LocalExecutor(Executor):
         workers = self.workers or gpus or max(1, (os.cpu_count() or 1) // 2)
         return workers, gpus
 
-    def run(self, jobs: list[Job], store: Store, display: Display) -> list[JobResult]:
+    def run(self, jobs: list[Job], store: Store, on_event: EventHandler | None = None) -> list[JobResult]:
+        from bioscale.catalog import plugins
+
+        on_event = on_event or ignore
         workers, gpus = self.slots()
         workers = max(1, min(workers, len(jobs)))
         ctx = mp.get_context("spawn")  # CUDA and fork do not mix
@@ -71,13 +76,21 @@ class LocalExecutor(Executor):
         for i in range(workers):
             slots.put(i)
         threads = self.threads or max(1, (os.cpu_count() or 1) // workers)
+        started: set[str] = set()
+
+        def emit(event: Event) -> None:
+            if isinstance(event, JobStarted):
+                started.add(event.job_id)
+            on_event(event)
+
         results: list[JobResult] = []
+        # spawned workers start from a fresh interpreter: they load the same --plugin modules as this one
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(slots, gpus, threads, events)) as pool:
+                                 initargs=(slots, gpus, threads, events, plugins())) as pool:
             pending = {pool.submit(_run_in_worker, job, str(store.root)): job for job in jobs}
             while pending:
                 done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-                _drain(events, display)
+                _drain(events, emit)  # a finished job's events are all queued before its result arrives
                 for future in done:
                     job = pending.pop(future)
                     try:
@@ -86,38 +99,52 @@ class LocalExecutor(Executor):
                         result = JobResult(job_id=job.job_id, grid=job.grid, status="failed",
                                            error=f"worker process died: {exc!r}")
                         store.job_dir(job.grid, job.job_id).write_result(result)
-                    display.job_finished(job.job_id, result.status, result.test_error, result.error)
+                    if job.job_id not in started:  # died before it could say so: keep the event order
+                        emit(JobStarted(job.job_id, job.label, job.spec.train.epochs))
+                    on_event(_finished(job, result))
                     results.append(result)
         manager.shutdown()
         return results
 
 
+def _finished(job: Job, result: JobResult) -> JobFinished:
+    return JobFinished(job.job_id, job.label, result.status, result.test_error, result.error)
+
+
 _EVENTS: Any = None
 
 
-def _init_worker(slots: Any, gpus: int, threads: int, events: Any) -> None:
+def _init_worker(slots: Any, gpus: int, threads: int, events: Any, plugins: list[str]) -> None:
     global _EVENTS
     import torch
+
+    from bioscale.catalog import load_plugins
 
     slot = slots.get()
     if gpus:
         torch.cuda.set_device(slot % gpus)
     torch.set_num_threads(threads)
+    if plugins:
+        load_plugins(plugins)
     _EVENTS = events
 
 
 def _run_in_worker(job: Job, root: str) -> JobResult:
     from bioscale.train import run_job
 
-    return run_job(job, Store(root), _EVENTS.put if _EVENTS is not None else None)
+    put = _EVENTS.put if _EVENTS is not None else None
+    if put is not None:
+        put(JobStarted(job.job_id, job.label, job.spec.train.epochs))
+    return run_job(job, Store(root), put)
 
 
-def _drain(events: Any, display: Display) -> None:
+def _drain(events: Any, on_event: EventHandler) -> None:
     while True:
         try:
-            display.update(events.get_nowait())
+            event = events.get_nowait()
         except queue.Empty:
             return
+        on_event(event)
 
 
 def make_executor(spec: ExecutorSpec | None) -> Executor:

@@ -9,31 +9,19 @@ from __future__ import annotations
 import copy
 import difflib
 import itertools
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from bioscale.catalog import ARCHS, DATASETS, RULES
+from bioscale.catalog import ARCHS, DATASETS, RULES, compat
 from bioscale.errors import GridError
+from bioscale.job import Job
 from bioscale.registry import UnknownNameError
 from bioscale.spec import GridSpec, JobSpec
 
 COMPONENTS = ("dataset", "arch", "rule")
-
-
-@dataclass(frozen=True)
-class Job:
-    grid: str
-    spec: JobSpec
-    label: str
-    """The axis values that made this job, for messages and progress ("rule.name=fa, seed=1")."""
-
-    @property
-    def job_id(self) -> str:
-        return self.spec.job_id()
 
 
 def load_grid(path: str | Path) -> GridSpec:
@@ -123,24 +111,20 @@ def resolve(raw: dict[str, Any], where: str = "<job>") -> JobSpec:
     if rule.family == "backward":
         params = {k: v for k, v in spec.rule.params.items() if k not in IGNORED_BY_BACKWARD_RULES}
         spec = spec.model_copy(update={"rule": spec.rule.model_copy(update={"params": params})})
-    for key, info in (("rule", rule), ("arch", arch), ("dataset", data)):
+    validated: dict[str, BaseModel] = {}
+    for key, record in (("rule", rule), ("arch", arch), ("dataset", data)):
         component = getattr(spec, key)
         try:
-            params = info.params.model_validate(component.params)
+            validated[key] = record.params.model_validate(component.params)
         except ValidationError as exc:
             raise GridError(f"{where}: {key} {component.name!r}: "
-                            f"{_explain(exc, info.params, prefix=f'{key}.params')}"
+                            f"{_explain(exc, record.params, prefix=f'{key}.params')}"
                             f"{_owners_hint(exc, key)}") from None
-        updates[key] = component.model_copy(update={"params": params.model_dump(mode="json")})
-    if data.family == "coco":
-        raise GridError(f"{where}: dataset 'coco' is a detection dataset (images with boxes), for RetinaNet; "
-                        "bioscale trains classifiers only so far, so no architecture can run on it yet. Use a "
-                        "classification dataset (`bioscale list datasets`).")
-    if rule.needs_layered and not arch.layered:
-        layered = [n for n, a in ARCHS.items() if a.layered]
-        raise GridError(f"{where}: rule {rule.name!r} needs a layered (sequential) architecture and "
-                        f"{arch.name!r} is not one. Use one of {', '.join(layered)}, or exclude this pair "
-                        "in the grid's `exclude:` list.")
+        updates[key] = component.model_copy(update={"params": validated[key].model_dump(mode="json")})
+    problems = compat.problems(rule, arch, data, validated["arch"])
+    if problems:
+        raise GridError(f"{where}: {'; '.join(problems)}. What would work: {compat.alternatives(rule, arch, data)}. "
+                        "Change the grid, or drop this combination with an `exclude:` entry.")
     if rule.family == "target":
         updates["inverse_optim"] = spec.inverse_optim or spec.optim.model_copy()
     else:
@@ -213,8 +197,6 @@ def _explain(exc: ValidationError, model: type[BaseModel], prefix: str = "") -> 
             close = difflib.get_close_matches(loc[-1], allowed, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             parts.append(f"unknown key {path!r}.{hint} Allowed here: {', '.join(allowed) or 'nothing'}.")
-        elif err["type"] == "literal_error":
-            parts.append(f"{path}: {err['msg']} (got {err.get('input')!r}).")
         else:
             parts.append(f"{path}: {err['msg']} (got {err.get('input')!r}).")
     return " ".join(parts)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator
-from typing import Generic, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar
 
 from bioscale.errors import BioscaleError
 
@@ -19,11 +19,23 @@ class UnknownNameError(BioscaleError, KeyError):
 
 
 class Registry(Generic[T]):
-    """Maps names to entries of one kind ("rule", "arch", "dataset")."""
+    """Maps names to entries of one kind ("rule", "arch", "dataset"), listed in ``order`` (entry -> sort key;
+    default: registration order). ``on_first_use`` callbacks run before the first lookup, so entries can be
+    discovered lazily (registering never triggers them)."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, order: Callable[[T], Any] | None = None) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
+        self._order = order
+        self._pending: list[Callable[[], None]] = []
+
+    def on_first_use(self, load: Callable[[], None]) -> None:
+        self._pending.append(load)
+
+    def _ready(self) -> dict[str, T]:
+        while self._pending:
+            self._pending.pop(0)()
+        return self._entries
 
     def register(self, name: str, entry: T) -> T:
         if name in self._entries:
@@ -33,23 +45,29 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         try:
-            return self._entries[name]
+            return self._ready()[name]
         except KeyError:
             raise UnknownNameError(self.unknown_message(name)) from None
 
     def unknown_message(self, name: str) -> str:
-        close = difflib.get_close_matches(str(name), self._entries, n=1, cutoff=0.5)
+        close = difflib.get_close_matches(str(name), self.names(), n=1, cutoff=0.5)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         return f"Unknown {self.kind} {name!r}.{hint} Known {self.kind}s: {', '.join(self.names())}."
 
     def names(self) -> list[str]:
-        return list(self._entries)
+        return [name for name, _ in self.items()]
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return name in self._ready()
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._entries)
+        return iter(self.names())
 
     def items(self) -> list[tuple[str, T]]:
-        return list(self._entries.items())
+        items = list(self._ready().items())
+        if self._order is not None:
+            items.sort(key=lambda item: self._order(item[1]))  # type: ignore[misc]
+        return items
+
+    def values(self) -> list[T]:
+        return [entry for _, entry in self.items()]

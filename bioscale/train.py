@@ -13,34 +13,22 @@ import statistics
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from bioscale.data import DataBundle, LoadContext, load_data
-from bioscale.grid import Job
+from bioscale.data import LoaderSettings, load_data
+from bioscale.data.base import DataBundle
+from bioscale.events import JobProgress
+from bioscale.job import Job
 from bioscale.models import build_model
 from bioscale.provenance import collect, now
 from bioscale.rules import Rule, build_rule
 from bioscale.spec import EpochMetrics, JobResult, JobSpec
 from bioscale.store import JobDir, Store, atomic_write
 
-
-@dataclass
-class Progress:
-    job_id: str
-    label: str
-    epoch: int
-    epochs: int
-    step: int
-    steps: int
-    loss: float | None = None
-    test_error: float | None = None
-
-
-ProgressFn = Callable[[Progress], None]
+ProgressFn = Callable[[JobProgress], None]
 
 
 class Diverged(Exception):
@@ -110,7 +98,7 @@ class Trainer:
         spec = self.spec
         self.device = resolve_device(spec.train.device)
         seed_everything(spec.seed)
-        ctx = LoadContext(spec.train.batch_size, spec.train.eval_batch_size, self.device, spec.seed,
+        ctx = LoaderSettings(spec.train.batch_size, spec.train.eval_batch_size, self.device, spec.seed,
                           spec.train.num_workers)
         data = load_data(spec.dataset, ctx)
         seed_everything(spec.seed)  # the model's init does not depend on what loading the data drew
@@ -188,8 +176,8 @@ class Trainer:
 
     def report(self, epoch: int, step: int, steps: int, loss: float | None, test_error: float | None) -> None:
         if self.on_progress is not None:
-            self.on_progress(Progress(self.job.job_id, self.job.label, epoch, self.spec.train.epochs,
-                                      step, steps, loss, test_error))
+            self.on_progress(JobProgress(self.job.job_id, self.job.label, epoch, self.spec.train.epochs,
+                                         step, steps, loss, test_error))
 
     # -- checkpoints -------------------------------------------------------------------------------------
     def save(self, model: nn.Module, rule: Rule, epochs_done: int) -> None:

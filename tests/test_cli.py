@@ -82,3 +82,45 @@ def test_arch_summary() -> None:
     assert proc.returncode == 0 and "7,510" in proc.stdout
     bad = bioscale("arch", "summary", "lcc")
     assert bad.returncode == 2 and "Did you mean 'lc'" in bad.stderr
+
+
+def test_user_text_in_square_brackets_is_printed(tmp_path: Path) -> None:
+    """Error messages go through rich markup: "[draft]" must not vanish, "[/train]" must not crash."""
+    missing = bioscale("run", str(tmp_path / "[draft] grid.yaml"))
+    assert missing.returncode == 2 and "[draft] grid.yaml" in missing.stderr
+    for key in ("[train]", "[/train]"):
+        proc = bioscale("grid", "validate", "grids/smoke.yaml", "--set", f"{key}.epochs=2")
+        assert proc.returncode == 2 and f"unknown key '{key}'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+PLUGIN = '''
+from bioscale.catalog import DATASETS, register_dataset
+
+SYNTHETIC = DATASETS.get("synthetic")
+
+
+@register_dataset("plugin-synthetic", params=SYNTHETIC.params, summary="synthetic data, from a plugin",
+                  family=SYNTHETIC.family, order=1000, input_shape=SYNTHETIC.input_shape,
+                  num_classes=SYNTHETIC.num_classes, tags=("tests-only",))
+def load(params, settings):
+    return SYNTHETIC.impl(params, settings)
+'''
+
+
+def test_plugin_registers_a_component_for_the_command_and_its_workers(tmp_path: Path, tiny_grid: dict) -> None:
+    plugin = tmp_path / "my_plugin.py"
+    plugin.write_text(PLUGIN)
+    tiny_grid["base"]["dataset"]["name"] = "plugin-synthetic"
+    tiny_grid["axes"] = {"seed": [0]}
+    grid = tmp_path / "plugged.yaml"
+    grid.write_text(yaml.safe_dump(tiny_grid))
+    without = bioscale("grid", "validate", str(grid))
+    assert without.returncode == 2 and "plugin-synthetic" in without.stderr
+    results = tmp_path / "results"
+    # local executor: the worker process must load the plugin too, or it does not know the dataset
+    proc = bioscale("--plugin", str(plugin), "run", str(grid), "--results", str(results), "--set",
+                    "train.epochs=1", "--executor", "local", "--workers", "1", "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert "finished: 1 done" in proc.stderr
+    broken = bioscale("--plugin", str(tmp_path / "nope.py"), "grid", "validate", str(grid))
+    assert broken.returncode == 2 and "nope.py" in broken.stderr and "Traceback" not in broken.stderr

@@ -4,9 +4,9 @@ import pytest
 import yaml
 
 from bioscale.errors import BioscaleError
+from bioscale.events import JobFinished, JobProgress, JobStarted
 from bioscale.executors import InlineExecutor, LocalExecutor, make_executor
 from bioscale.grid import expand, load_grid, parse_set
-from bioscale.progress import Display
 from bioscale.spec import ExecutorSpec
 from bioscale.store import Store
 
@@ -22,9 +22,13 @@ def test_a_failed_job_does_not_stop_the_others(tmp_path: Path, tiny_grid: dict, 
     jobs = _jobs(tmp_path, tiny_grid)
     broken = _jobs(tmp_path, tiny_grid, ["train.epochs=1", "seed=99", "train.device=cuda:9"])[0]  # no such device
     store = Store(tmp_path / "results")
-    with Display(len(jobs) + 1, enabled=False) as display:
-        results = executor.run([broken, *jobs], store, display)
+    events: list = []
+    results = executor.run([broken, *jobs], store, events.append)
     assert sorted(r.status for r in results) == ["done"] * 4 + ["failed"]
+    finished = {e.job_id: e for e in events if isinstance(e, JobFinished)}
+    assert finished[broken.job_id].status == "failed" and finished[broken.job_id].error
+    assert sum(isinstance(e, JobStarted) for e in events) == 5
+    assert {e.job_id for e in events if isinstance(e, JobProgress)} == {j.job_id for j in jobs}
     assert broken.job_id not in {j.job_id for j in jobs}
     assert store.job_dir(broken.grid, broken.job_id).status() == "failed"
     for job in jobs:

@@ -101,7 +101,11 @@ PINNED = ['c9582420f109', '757201316501', '1d7758625573', '08637416cd33']
         (["rule.params.alpha=0.1"], r"'alpha' is a parameter of rules dtp only"),
         (["optim.name=adamw"], r"optim\.name: Input should be 'adam' or 'sgd'"),
         (["train.epochs=-1"], r"train\.epochs: Input should be greater than 0"),
-        (["rule.name=dtp", "arch=resnet18"], r"needs a layered .* Use one of fc, lc, conv"),
+        (["rule.name=dtp", "arch=resnet18"], r"needs a layered .* archs that run 'dtp' on 'synthetic': fc, lc, conv"),
+            (["arch=fc", "dataset=imagenet"], r"\(rule\.name=bp, seed=0\): arch 'fc' has no preset for imagenet-shaped "
+             r"data like 'imagenet' \(its presets: mnist, cifar10\).*archs that run 'bp' on 'imagenet': lc, conv, "
+             r"resnet18, alexnet; datasets 'bp' on 'fc' can use: mnist, mnist-5k"),
+            (["dataset=coco"], r"arch 'fc' is for classification and dataset 'coco' is a detection dataset"),
         (["rule.name=dfa", "arch=alexnet"], r"'dfa' needs a layered"),
         (["epochs"], r"expected PATH=VALUE"),
     ],

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _job(tmp_path: Path, grid: dict, **sets):
-    from bioscale.grid import Job
+    from bioscale.job import Job
 
     raw = {**grid["base"], **sets}
     return Job("tiny", resolve(raw), "test")

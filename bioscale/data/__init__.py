@@ -1,30 +1,35 @@
-"""Datasets: ``load_data(spec, ctx)`` gives the trainer a ``DataBundle`` for any registered dataset."""
+"""Datasets: ``load_data(spec, settings)`` gives the trainer a ``DataBundle`` for any registered dataset.
+
+Three names, three jobs: ``bioscale.catalog.DatasetRecord`` is what a dataset registers (what exists);
+``LoaderSettings`` is what a loader is told about the job (batch sizes, device, seed); ``DataShape`` is
+what a loaded dataset tells the model builder (family, input shape, classes, sizes)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from bioscale.catalog import DATASETS, load_impl
-from bioscale.data.base import DataBundle, DataInfo, Loader
+from bioscale.catalog import DATASETS
 from bioscale.spec import DatasetSpec
 
-__all__ = ["DataBundle", "DataInfo", "LoadContext", "Loader", "load_data"]
+if TYPE_CHECKING:
+    from bioscale.data.base import DataBundle
+
+__all__ = ["LoaderSettings", "load_data"]
 
 
 @dataclass(frozen=True)
-class LoadContext:
+class LoaderSettings:
     """What a dataset's loader needs to know about the job."""
 
     batch_size: int
     eval_batch_size: int
-    device: torch.device
+    device: Any
+    """A ``torch.device``: where batches are delivered."""
     seed: int
     num_workers: int = 0
 
 
-def load_data(spec: DatasetSpec, ctx: LoadContext) -> DataBundle:
-    info = DATASETS.get(spec.name)
-    params = info.params.model_validate(spec.params)
-    return load_impl(info.impl)(params, ctx)
+def load_data(spec: DatasetSpec, settings: LoaderSettings) -> DataBundle:
+    record = DATASETS.get(spec.name)
+    return record.impl(record.params.model_validate(spec.params), settings)

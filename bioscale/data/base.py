@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from torch import Tensor
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 @dataclass(frozen=True)
-class DataInfo:
+class DataShape:
     family: str
     """The paper dataset it resembles ("mnist", "cifar10", "imagenet"): picks the arch preset."""
     input_shape: tuple[int, int, int]
@@ -36,7 +37,7 @@ class Loader(Protocol):
 
 @dataclass
 class DataBundle:
-    info: DataInfo
+    info: DataShape
     train: Loader
     """Shuffled and augmented: what the rule trains on."""
     train_eval: Loader

@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from bioscale.data.base import DataBundle, DataInfo
+from bioscale.data.base import DataBundle, DataShape
 from bioscale.data.loaders import Augment, TensorLoader
 from bioscale.data.split import subset_indices
 
 if TYPE_CHECKING:
-    from bioscale.data import LoadContext
+    from bioscale.data import LoaderSettings
 
 
 def to_device_images(x: np.ndarray | torch.Tensor, device: torch.device, scale: float) -> torch.Tensor:
@@ -40,7 +40,7 @@ def tensor_bundle(
     num_classes: int,
     train: tuple[np.ndarray, np.ndarray],
     test: tuple[np.ndarray, np.ndarray],
-    ctx: LoadContext,
+    ctx: LoaderSettings,
     *,
     subset: int | None = None,
     scale: float = 255.0,
@@ -58,7 +58,7 @@ def tensor_bundle(
     dev = ctx.device
     xt, yt = to_device_images(x_tr, dev, scale), to_device_labels(y_tr, dev)
     xe, ye = to_device_images(test[0], dev, scale), to_device_labels(test[1], dev)
-    info = DataInfo(family, tuple(xt.shape[1:]), num_classes, len(xt), len(xe))  # type: ignore[arg-type]
+    info = DataShape(family, tuple(xt.shape[1:]), num_classes, len(xt), len(xe))  # type: ignore[arg-type]
     return DataBundle(
         info=info,
         train=TensorLoader(xt, yt, ctx.batch_size, shuffle=True, seed=ctx.seed, augment=augment),

@@ -12,19 +12,35 @@ random flips (``flip``; see ``Cifar10Params`` for why the default is horizontal)
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+from pydantic import NonNegativeInt
 
-from bioscale.catalog.datasets import Cifar10Params
+from bioscale.catalog import register_dataset
 from bioscale.data import download, safe_pickle
-from bioscale.data.augment import flip_and_crop
 from bioscale.data.base import DataBundle
-from bioscale.data.bundle import tensor_bundle
+from bioscale.data.params import DownloadParams
 from bioscale.errors import DataError
+from bioscale.lazy import lazy
 
 if TYPE_CHECKING:
-    from bioscale.data import LoadContext
+    from bioscale.data import LoaderSettings
+
+bundle = lazy("bioscale.data.bundle")
+augment = lazy("bioscale.data.augment")
+
+
+class Cifar10Params(DownloadParams):
+    flip: Literal["horizontal", "vertical", "none"] = "horizontal"
+    """Random flip of training images (p = 0.5). Bartunov et al. print "vertical flips"; the default is
+    "horizontal" because a left-right mirror (a flip about the vertical axis) is what CIFAR augmentation
+    means in practice, and an upside-down CIFAR image is not a plausible natural image. Set "vertical" to
+    follow the printed word literally."""
+    crop_padding: NonNegativeInt = 4
+    """Random crops: zero-pad by this many pixels, then crop back to 32x32 (0 disables cropping). The paper
+    says "random crops" without a size; 4 is the usual CIFAR choice."""
+
 
 TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_FILES = ["test_batch"]
@@ -102,7 +118,11 @@ def locate(params: Cifar10Params) -> Path:
     return d
 
 
-def load(params: Cifar10Params, ctx: LoadContext) -> DataBundle:
+@register_dataset("cifar10", params=Cifar10Params, family="cifar10", order=50, input_shape=(3, 32, 32),
+                  paper_dataset="cifar10",
+                  summary="CIFAR-10, 50,000/10,000 from cifar-10-batches-py (or downloaded); flips and crops "
+                          "on device.")
+def load(params: Cifar10Params, ctx: LoaderSettings) -> DataBundle:
     x_tr, y_tr, x_te, y_te = read_all(locate(params))
-    return tensor_bundle("cifar10", "cifar10", 10, (x_tr, y_tr), (x_te, y_te), ctx, subset=params.subset,
-                         augment=flip_and_crop(params.flip, params.crop_padding))
+    return bundle.tensor_bundle("cifar10", "cifar10", 10, (x_tr, y_tr), (x_te, y_te), ctx, subset=params.subset,
+                         augment=augment.flip_and_crop(params.flip, params.crop_padding))

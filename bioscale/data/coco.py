@@ -22,17 +22,35 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+from pydantic import PositiveInt
 
-from bioscale.catalog.datasets import CocoParams
-from bioscale.data.loaders import DeviceDataLoader
+from bioscale.catalog import register_dataset
 from bioscale.errors import DataError
+from bioscale.lazy import lazy
+from bioscale.spec import Strict
 
 if TYPE_CHECKING:
-    from bioscale.data import LoadContext
+    from bioscale.data import LoaderSettings
+    from bioscale.data.loaders import DeviceDataLoader
+
+torch = lazy("torch")
+loaders = lazy("bioscale.data.loaders")
+coco_images = lazy("bioscale.data.coco_images")
+
+
+class CocoParams(Strict):
+    root: str | None = None
+    """Directory with ``annotations/instances_{split}2017.json`` and ``{split}2017/`` images."""
+    train_split: str = "train"
+    test_split: str = "val"
+    min_size: PositiveInt | None = None
+    """Resize so the shorter side is this long (boxes scaled to match); None keeps the original size."""
+    subset: PositiveInt | None = None
+    """Use only the first N training images (in image-id order)."""
+
 
 HOW_TO_GET = ("point `--set dataset.params.root=DIR` at the COCO folder holding annotations/ and "
               "train2017/ val2017/ (from cocodataset.org: 2017 train/val images and annotations)")
@@ -118,43 +136,10 @@ def read_index(root: Path, split: str) -> CocoIndex:
     return index
 
 
-class CocoDetection(torch.utils.data.Dataset):
-    def __init__(self, index: CocoIndex, min_size: int | None = None) -> None:
-        self.index, self.min_size = index, min_size
-
-    def __len__(self) -> int:
-        return len(self.index.image_ids)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, Any]]:
-        from PIL import Image, UnidentifiedImageError
-
-        ix = self.index
-        path = ix.image_dir / ix.files[i]
-        try:
-            with Image.open(path) as im:
-                img = im.convert("RGB")
-        except (OSError, UnidentifiedImageError, SyntaxError) as e:
-            raise DataError(f"coco: cannot read the image {path} ({e}). Replace it from the COCO "
-                            "archive, or remove its entry from the annotation file.") from e
-        orig = (img.height, img.width)
-        boxes = torch.from_numpy(ix.boxes[i].copy())
-        if self.min_size is not None:
-            s = self.min_size / min(orig)
-            img = img.resize((round(img.width * s), round(img.height * s)), Image.BILINEAR)
-            boxes[:, 0::2] *= img.width / orig[1]
-            boxes[:, 1::2] *= img.height / orig[0]
-        x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float() / 255
-        target = {"boxes": boxes, "labels": torch.from_numpy(ix.labels[i]),
-                  "iscrowd": torch.from_numpy(ix.iscrowd[i]), "image_id": ix.image_ids[i], "orig_size": orig}
-        return x, target
-
-
-def collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor], list[dict]]:
-    """Detection images differ in size: keep lists, do not stack."""
-    return [b[0] for b in batch], [b[1] for b in batch]
-
-
-def load(params: CocoParams, ctx: LoadContext) -> DetectionBundle:
+@register_dataset("coco", params=CocoParams, family="coco", order=70, task="detection", input_shape=(3, 800, 800),
+                  num_classes=80,
+                  summary="MS COCO 2017 detection (images, boxes, labels) under `root`; returns a DetectionBundle.")
+def load(params: CocoParams, ctx: LoaderSettings) -> DetectionBundle:
     if params.root is None:
         raise DataError(f"coco: no dataset.params.root given; {HOW_TO_GET}.")
     root = Path(params.root).expanduser()
@@ -162,15 +147,15 @@ def load(params: CocoParams, ctx: LoadContext) -> DetectionBundle:
     if tr.category_ids != te.category_ids:
         raise DataError(f"coco: the {params.train_split} and {params.test_split} annotation files in "
                         f"{root / 'annotations'} list different categories; use files of the same COCO release.")
-    train_ds: torch.utils.data.Dataset = CocoDetection(tr, params.min_size)
+    train_ds: torch.utils.data.Dataset = coco_images.CocoDetection(tr, params.min_size)
     if params.subset is not None:
         train_ds = torch.utils.data.Subset(train_ds, range(min(params.subset, len(tr.image_ids))))
     info = DetectionInfo("coco", len(tr.category_ids), tuple(tr.class_names), tuple(tr.category_ids),
                          len(train_ds), len(te.image_ids))  # type: ignore[arg-type]
 
     def dl(ds: torch.utils.data.Dataset, bs: int, shuffle: bool) -> DeviceDataLoader:
-        return DeviceDataLoader(ds, bs, ctx.device, shuffle=shuffle, seed=ctx.seed, num_workers=ctx.num_workers,
-                                collate_fn=collate)
+        return loaders.DeviceDataLoader(ds, bs, ctx.device, shuffle=shuffle, seed=ctx.seed, num_workers=ctx.num_workers,
+                                collate_fn=coco_images.collate)
 
     return DetectionBundle(info, dl(train_ds, ctx.batch_size, True),
-                           dl(CocoDetection(te, params.min_size), ctx.eval_batch_size, False))
+                           dl(coco_images.CocoDetection(te, params.min_size), ctx.eval_batch_size, False))

@@ -11,14 +11,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bioscale.catalog.datasets import BundledParams
+from bioscale.catalog import register_dataset
 from bioscale.data.base import DataBundle
-from bioscale.data.bundle import tensor_bundle
+from bioscale.data.params import BundledParams
 from bioscale.data.split import stratified_split
 from bioscale.errors import DataError
+from bioscale.lazy import lazy
 
 if TYPE_CHECKING:
-    from bioscale.data import LoadContext
+    from bioscale.data import LoaderSettings
+
+bundle = lazy("bioscale.data.bundle")
 
 N_TEST = 360
 
@@ -39,7 +42,10 @@ def arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return x[tr], y[tr], x[te], y[te]
 
 
-def load(params: BundledParams, ctx: LoadContext) -> DataBundle:
+@register_dataset("digits", params=BundledParams, family="mnist", order=30, input_shape=(1, 8, 8),
+                  tags=("bundled",),
+                  summary="scikit-learn's bundled 8x8 digits (1,797 images), fixed stratified 1,437/360 split.")
+def load(params: BundledParams, ctx: LoaderSettings) -> DataBundle:
     x_tr, y_tr, x_te, y_te = arrays()
-    return tensor_bundle("digits", "mnist", 10, (x_tr, y_tr), (x_te, y_te), ctx, subset=params.subset,
+    return bundle.tensor_bundle("digits", "mnist", 10, (x_tr, y_tr), (x_te, y_te), ctx, subset=params.subset,
                          scale=16.0)

@@ -2,7 +2,7 @@
 
 Full size (``downsampled: null``): ``root/train/<wnid>/*.JPEG`` and ``root/val/<wnid>/*.JPEG`` (the val
 images sorted into class folders, as torchvision's ImageFolder expects). Read by DataLoader worker
-processes (``LoadContext.num_workers``) with pinned memory and persistent workers. Preprocessing
+processes (``LoaderSettings.num_workers``) with pinned memory and persistent workers. Preprocessing
 (``preprocess``):
 
 - ``xiao`` (Xiao et al.'s train.py): train RandomResizedCrop(224) + RandomHorizontalFlip; val and the
@@ -25,20 +25,34 @@ import copy
 import re
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 
-from bioscale.catalog.datasets import ImageNetParams
-from bioscale.data.augment import flip_and_crop
-from bioscale.data.base import DataBundle, DataInfo
-from bioscale.data.loaders import DeviceDataLoader, HostTensorLoader
+from bioscale.catalog import register_dataset
+from bioscale.data.base import DataBundle, DataShape
+from bioscale.data.params import DataParams
 from bioscale.data.split import subset_indices
 from bioscale.errors import DataError
+from bioscale.lazy import lazy
 
 if TYPE_CHECKING:
-    from bioscale.data import LoadContext
+    from bioscale.data import LoaderSettings
+    from bioscale.data.loaders import DeviceDataLoader
+
+torch = lazy("torch")
+augment = lazy("bioscale.data.augment")
+loaders = lazy("bioscale.data.loaders")
+
+
+class ImageNetParams(DataParams):
+    preprocess: Literal["xiao", "bartunov"] = "xiao"
+    """"xiao": train RandomResizedCrop(224) + horizontal flip, val Resize(256) + CenterCrop(224), both
+    normalised with the ImageNet mean/std (Xiao et al.'s code). "bartunov": every image resized to 224x224,
+    scaled to [0, 1], nothing else (Bartunov et al.: "resized to 224 x 224")."""
+    downsampled: Literal[32, 64] | None = None
+    """Use the downsampled ImageNet (Chrabaszcz et al.) npz batches of this size under ``root`` instead
+    of the ImageFolder tree. Scaled to [0, 1]; "xiao" adds a random horizontal flip when training."""
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 NUM_CLASSES = 1000
@@ -98,7 +112,7 @@ def image_folders(params: ImageNetParams):
     return tr, va
 
 
-def load_folders(params: ImageNetParams, ctx: LoadContext) -> DataBundle:
+def load_folders(params: ImageNetParams, ctx: LoaderSettings) -> DataBundle:
     tr, va = image_folders(params)
     tr_eval = copy.copy(tr)  # shares the file list: no second scan of 1.28M files
     tr_eval.transform = transforms(params.preprocess, False)
@@ -110,10 +124,10 @@ def load_folders(params: ImageNetParams, ctx: LoadContext) -> DataBundle:
         train_ds = torch.utils.data.Subset(tr, idx.tolist())
         tr_eval = torch.utils.data.Subset(tr_eval, idx.tolist())
     n_train = len(train_ds)  # type: ignore[arg-type]
-    info = DataInfo("imagenet", (3, 224, 224), len(tr.classes), n_train, len(va))
+    info = DataShape("imagenet", (3, 224, 224), len(tr.classes), n_train, len(va))
 
     def dl(ds: torch.utils.data.Dataset, bs: int, shuffle: bool) -> DeviceDataLoader:
-        return DeviceDataLoader(ds, bs, ctx.device, shuffle=shuffle, seed=ctx.seed, num_workers=ctx.num_workers)
+        return loaders.DeviceDataLoader(ds, bs, ctx.device, shuffle=shuffle, seed=ctx.seed, num_workers=ctx.num_workers)
 
     return DataBundle(info, dl(train_ds, ctx.batch_size, True), dl(tr_eval, ctx.eval_batch_size, False),
                       dl(va, ctx.eval_batch_size, False))
@@ -170,24 +184,28 @@ def read_downsampled(params: ImageNetParams) -> tuple[np.ndarray, np.ndarray, np
     return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), x_va, y_va)
 
 
-def load_downsampled(params: ImageNetParams, ctx: LoadContext) -> DataBundle:
+def load_downsampled(params: ImageNetParams, ctx: LoaderSettings) -> DataBundle:
     x_tr, y_tr, x_va, y_va = read_downsampled(params)
     idx = subset_indices(y_tr, params.subset, "imagenet")
     if idx is not None:
         x_tr, y_tr = x_tr[idx], y_tr[idx]
     size = x_tr.shape[-1]
     xt, yt, xv, yv = (torch.from_numpy(a) for a in (x_tr, y_tr, x_va, y_va))
-    aug = flip_and_crop("horizontal", 0) if params.preprocess == "xiao" else None
-    info = DataInfo("imagenet", (3, size, size), NUM_CLASSES, len(xt), len(xv))
+    aug = augment.flip_and_crop("horizontal", 0) if params.preprocess == "xiao" else None
+    info = DataShape("imagenet", (3, size, size), NUM_CLASSES, len(xt), len(xv))
     return DataBundle(
         info,
-        HostTensorLoader(xt, yt, ctx.batch_size, ctx.device, shuffle=True, seed=ctx.seed, augment=aug),
-        HostTensorLoader(xt, yt, ctx.eval_batch_size, ctx.device),
-        HostTensorLoader(xv, yv, ctx.eval_batch_size, ctx.device),
+        loaders.HostTensorLoader(xt, yt, ctx.batch_size, ctx.device, shuffle=True, seed=ctx.seed, augment=aug),
+        loaders.HostTensorLoader(xt, yt, ctx.eval_batch_size, ctx.device),
+        loaders.HostTensorLoader(xv, yv, ctx.eval_batch_size, ctx.device),
     )
 
 
-def load(params: ImageNetParams, ctx: LoadContext) -> DataBundle:
+@register_dataset("imagenet", params=ImageNetParams, family="imagenet", order=60, input_shape=(3, 224, 224),
+                  num_classes=1000, paper_dataset="imagenet",
+                  summary="ImageNet: an ImageFolder tree under `root` (Xiao's or Bartunov's preprocessing), or the "
+                          "downsampled 32x32/64x64 npz batches.")
+def load(params: ImageNetParams, ctx: LoaderSettings) -> DataBundle:
     if params.downsampled is not None:
         return load_downsampled(params, ctx)
     return load_folders(params, ctx)

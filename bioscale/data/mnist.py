@@ -15,15 +15,18 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bioscale.catalog.datasets import DownloadParams
+from bioscale.catalog import register_dataset
 from bioscale.data import download
 from bioscale.data.base import DataBundle
-from bioscale.data.bundle import tensor_bundle
 from bioscale.data.idx import IdxError, read_idx
+from bioscale.data.params import DownloadParams
 from bioscale.errors import DataError
+from bioscale.lazy import lazy
 
 if TYPE_CHECKING:
-    from bioscale.data import LoadContext
+    from bioscale.data import LoaderSettings
+
+bundle = lazy("bioscale.data.bundle")
 
 FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -115,14 +118,18 @@ def locate(name: str, params: DownloadParams) -> dict[str, Path]:
     return files
 
 
-def load_named(name: str, params: DownloadParams, ctx: LoadContext) -> DataBundle:
+def load_named(name: str, params: DownloadParams, ctx: LoaderSettings) -> DataBundle:
     x_tr, y_tr, x_te, y_te = read_set(name, locate(name, params))
-    return tensor_bundle(name, "mnist", 10, (x_tr, y_tr), (x_te, y_te), ctx, subset=params.subset)
+    return bundle.tensor_bundle(name, "mnist", 10, (x_tr, y_tr), (x_te, y_te), ctx, subset=params.subset)
 
 
-def load_mnist(params: DownloadParams, ctx: LoadContext) -> DataBundle:
+@register_dataset("mnist", params=DownloadParams, family="mnist", order=10, paper_dataset="mnist",
+                  summary="MNIST, 60,000/10,000 from IDX files under `root` (or downloaded), scaled to [0, 1].")
+def load_mnist(params: DownloadParams, ctx: LoaderSettings) -> DataBundle:
     return load_named("mnist", params, ctx)
 
 
-def load_fashion_mnist(params: DownloadParams, ctx: LoadContext) -> DataBundle:
+@register_dataset("fashion-mnist", params=DownloadParams, family="mnist", order=40,
+                  summary="Fashion-MNIST, 60,000/10,000 (Debian's dataset-fashion-mnist, `root`, or downloaded).")
+def load_fashion_mnist(params: DownloadParams, ctx: LoaderSettings) -> DataBundle:
     return load_named("fashion-mnist", params, ctx)

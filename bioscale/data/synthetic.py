@@ -4,17 +4,30 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import torch
+from pydantic import Field, PositiveInt
 
-from bioscale.catalog.datasets import SyntheticParams
+from bioscale.catalog import register_dataset
 from bioscale.data.base import DataBundle
-from bioscale.data.bundle import tensor_bundle
+from bioscale.data.params import DataParams
+from bioscale.lazy import lazy
 
 if TYPE_CHECKING:
-    from bioscale.data import LoadContext  # a runtime import would be a cycle
+    from torch import Tensor
+
+    from bioscale.data import LoaderSettings
+
+torch = lazy("torch")
+bundle = lazy("bioscale.data.bundle")
 
 
-def make_tensors(params: SyntheticParams, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+class SyntheticParams(DataParams):
+    train_size: PositiveInt = 512
+    test_size: PositiveInt = 256
+    num_classes: PositiveInt = Field(10, ge=2)
+    shape: tuple[PositiveInt, PositiveInt, PositiveInt] = (1, 28, 28)
+
+
+def make_tensors(params: SyntheticParams, n: int, seed: int) -> tuple[Tensor, Tensor]:
     """Each class has its own mean image; examples are that mean plus noise, so it is learnable."""
     g = torch.Generator().manual_seed(seed)
     means = torch.rand((params.num_classes, *params.shape), generator=torch.Generator().manual_seed(1234))
@@ -23,10 +36,12 @@ def make_tensors(params: SyntheticParams, n: int, seed: int) -> tuple[torch.Tens
     return x, y
 
 
-def load(params: SyntheticParams, ctx: LoadContext) -> DataBundle:
+@register_dataset("synthetic", params=SyntheticParams, family="mnist", order=90, tags=("tests-only",),
+                  summary="Random class-dependent tensors, for tests only.")
+def load(params: SyntheticParams, ctx: LoaderSettings) -> DataBundle:
     """Through ``tensor_bundle`` like every small dataset, so ``subset`` is the same stratified pick."""
     c = params.shape[0]
     train = make_tensors(params, params.train_size, seed=1)
     test = make_tensors(params, params.test_size, seed=2)
-    return tensor_bundle("synthetic", "mnist" if c == 1 else "cifar10", params.num_classes, train, test, ctx,
+    return bundle.tensor_bundle("synthetic", "mnist" if c == 1 else "cifar10", params.num_classes, train, test, ctx,
                          subset=params.subset, scale=1.0)

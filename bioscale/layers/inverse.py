@@ -11,13 +11,17 @@ weight, never the forward W.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bioscale.errors import BioscaleError
-from bioscale.models.base import Layer, glorot_
+from bioscale.layers.init import glorot_
+
+if TYPE_CHECKING:
+    from bioscale.models.base import Layer
 
 
 class InverseLayer(nn.Module):

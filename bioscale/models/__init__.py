@@ -1,15 +1,18 @@
-"""Architectures: ``build_model(arch, info)`` for any registered architecture."""
+"""Architectures: ``build_model(arch, shape)`` for any registered architecture (``bioscale.catalog``)."""
 
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING
 
-from bioscale.catalog import ARCHS, load_impl
-from bioscale.data.base import DataInfo
+from bioscale.catalog import ARCHS
 from bioscale.spec import ArchSpec
 
+if TYPE_CHECKING:
+    from torch import nn
 
-def build_model(arch: ArchSpec, info: DataInfo) -> nn.Module:
-    entry = ARCHS.get(arch.name)
-    params = entry.params.model_validate(arch.params)
-    return load_impl(entry.impl)(params, info)
+    from bioscale.data.base import DataShape
+
+
+def build_model(arch: ArchSpec, shape: DataShape) -> nn.Module:
+    record = ARCHS.get(arch.name)
+    return record.impl(record.params.model_validate(arch.params), shape)

@@ -14,14 +14,48 @@ adapted; the output sizes are computed layer by layer and recorded as each ``Lay
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-from torch import nn
+from pydantic import PositiveInt, field_validator
 
-from bioscale.catalog.archs import FCParams, LCParams
-from bioscale.data.base import DataInfo
+from bioscale.catalog import register_arch
 from bioscale.errors import BioscaleError
-from bioscale.layers.locally_connected import LocallyConnected2d, lc_out_size
-from bioscale.models.base import Layer, LayeredNet, glorot_
+from bioscale.lazy import lazy
+from bioscale.spec import Strict
+
+if TYPE_CHECKING:
+    from bioscale.data.base import DataShape
+    from bioscale.models.base import Layer, LayeredNet
+
+nn = lazy("torch.nn")
+lc_lib = lazy("bioscale.layers.locally_connected")
+models_base = lazy("bioscale.models.base")
+
+BARTUNOV = "Bartunov et al. 2018, Table 3"
+
+
+class FCParams(Strict):
+    hidden: list[PositiveInt] | None = None
+    """Hidden layer widths; None is Bartunov et al.'s Table 3 preset for the dataset."""
+
+
+class LCParams(Strict):
+    layers: list[tuple[PositiveInt, PositiveInt, PositiveInt]] | None = None
+    """(kernel size, output channels, stride) per locally-connected layer; None is Table 3's preset."""
+    hidden: list[PositiveInt] | None = None
+    """Fully-connected layers after the LC stack (may be empty); None is Table 3's preset."""
+
+    @field_validator("layers")
+    @classmethod
+    def _odd_kernels(cls, layers: list[tuple[int, int, int]] | None) -> list[tuple[int, int, int]] | None:
+        for i, (k, _, _) in enumerate(layers or []):
+            if k % 2 == 0:
+                raise ValueError(
+                    f"layer {i} has kernel size {k}; these nets zero-pad by k // 2 so that stride 1 keeps "
+                    "the shape, which needs an odd kernel size (e.g. 3, 5, 9)"
+                )
+        return layers
+
 
 FC_HIDDEN = {"mnist": [256] * 5, "cifar10": [1024] * 3}
 """Table 3, fully-connected column (ImageNet has no FC net)."""
@@ -38,7 +72,24 @@ LC_HIDDEN: dict[str, list[int]] = {"mnist": [1024], "cifar10": [1024], "imagenet
 the softmax directly)."""
 
 
-def build_fc(params: FCParams, info: DataInfo) -> LayeredNet:
+def fc_presets(params: FCParams) -> tuple[str, ...] | None:
+    """Dataset families ``fc`` can be built for: any, once the widths are given."""
+    return None if params.hidden is not None else tuple(FC_HIDDEN)
+
+
+def lc_presets(params: LCParams) -> tuple[str, ...] | None:
+    """Dataset families ``lc``/``conv`` can be built for: those with a Table 3 preset for whatever of
+    ``layers`` and ``hidden`` is not given; any family once both are."""
+    missing = [table for value, table in ((params.layers, LC_LAYERS), (params.hidden, LC_HIDDEN)) if value is None]
+    if not missing:
+        return None
+    return tuple(f for f in LC_LAYERS if all(f in table for table in missing))
+
+
+@register_arch("fc", params=FCParams, display="FC", order=10, layered=True, presets=fc_presets,
+               summary="Bartunov et al.'s fully-connected nets (Table 3): tanh, Glorot init, softmax.",
+               source=BARTUNOV)
+def build_fc(params: FCParams, info: DataShape) -> LayeredNet:
     """FC layers with tanh between them and a linear (softmax-in-the-loss) output, Glorot init."""
     hidden = params.hidden if params.hidden is not None else FC_HIDDEN.get(info.family)
     if hidden is None:
@@ -46,20 +97,26 @@ def build_fc(params: FCParams, info: DataInfo) -> LayeredNet:
             f"arch 'fc' has no preset for dataset family {info.family!r} (Table 3 defines it for "
             f"{sorted(FC_HIDDEN)}); give the hidden widths, e.g. arch: {{name: fc, params: {{hidden: [1024]}}}}."
         )
-    return LayeredNet(_fc_stack(info.input_shape, hidden, info.num_classes, []))
+    return models_base.LayeredNet(_fc_stack(info.input_shape, hidden, info.num_classes, []))
 
 
-def build_lc(params: LCParams, info: DataInfo) -> LayeredNet:
+@register_arch("lc", params=LCParams, display="LC", order=20, layered=True, presets=lc_presets,
+               summary="Bartunov et al.'s locally-connected nets (Table 3).", source=BARTUNOV)
+def build_lc(params: LCParams, info: DataShape) -> LayeredNet:
     """Table 3's locally-connected net: LC layers (tanh), then FC layers (tanh), then the linear output."""
     return _build_local(params, info, shared=False)
 
 
-def build_conv(params: LCParams, info: DataInfo) -> LayeredNet:
+@register_arch("conv", params=LCParams, display="ConvNet", order=30, layered=True, presets=lc_presets,
+               column="LC", row_suffix="ConvNet",
+               summary="Table 3's LC net with shared weights (the paper's 'BP ConvNet', reported in the LC column).",
+               source=BARTUNOV)
+def build_conv(params: LCParams, info: DataShape) -> LayeredNet:
     """The same net as ``build_lc`` with shared weights (nn.Conv2d): the paper's "BP ConvNet"."""
     return _build_local(params, info, shared=True)
 
 
-def _build_local(params: LCParams, info: DataInfo, shared: bool) -> LayeredNet:
+def _build_local(params: LCParams, info: DataShape, shared: bool) -> LayeredNet:
     name = "conv" if shared else "lc"
     spec = params.layers if params.layers is not None else LC_LAYERS.get(info.family)
     hidden = params.hidden if params.hidden is not None else LC_HIDDEN.get(info.family)
@@ -78,16 +135,16 @@ def _build_local(params: LCParams, info: DataInfo, shared: bool) -> LayeredNet:
                 "that keeps the shape at stride 1, which only exists for odd kernels; use an odd kernel size."
             )
         c, h, w = shape
-        out_h, out_w = lc_out_size((h, w), k, stride, k // 2)
+        out_h, out_w = lc_lib.lc_out_size((h, w), k, stride, k // 2)
         if shared:
             op: nn.Module = nn.Conv2d(c, channels, k, stride=stride, padding=k // 2)
         else:
-            op = LocallyConnected2d(c, channels, (h, w), k, stride=stride, padding=k // 2)
-        glorot_(op)
+            op = lc_lib.LocallyConnected2d(c, channels, (h, w), k, stride=stride, padding=k // 2)
+        models_base.glorot_(op)
         out_shape = (channels, out_h, out_w)
-        layers.append(Layer(op, nn.Tanh(), shape, out_shape))
+        layers.append(models_base.Layer(op, nn.Tanh(), shape, out_shape))
         shape = out_shape
-    return LayeredNet(_fc_stack(shape, hidden, info.num_classes, layers))
+    return models_base.LayeredNet(_fc_stack(shape, hidden, info.num_classes, layers))
 
 
 def _fc_stack(in_shape: tuple[int, ...], hidden: list[int], num_classes: int, layers: list[Layer]
@@ -98,8 +155,8 @@ def _fc_stack(in_shape: tuple[int, ...], hidden: list[int], num_classes: int, la
     widths = [*hidden, num_classes]
     for i, width in enumerate(widths):
         op = nn.Linear(math.prod(shape), width)
-        glorot_(op)
+        models_base.glorot_(op)
         activation = nn.Tanh() if i < len(widths) - 1 else None
-        layers.append(Layer(op, activation, shape, (width,), flatten=len(shape) > 1))
+        layers.append(models_base.Layer(op, activation, shape, (width,), flatten=len(shape) > 1))
         shape = (width,)
     return layers

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from bioscale.data.base import DataInfo
+from bioscale.data.base import DataShape
 from bioscale.spec import ArchSpec
 
 _SKIP = (nn.Tanh, nn.ReLU, nn.Identity, nn.Sigmoid)
@@ -54,7 +54,7 @@ class ArchSummary:
         return self.param_bytes + self.grad_bytes + self.optimizer_bytes + self.activation_bytes
 
 
-def summarize(arch: ArchSpec, info: DataInfo, batch_size: int) -> ArchSummary:
+def summarize(arch: ArchSpec, info: DataShape, batch_size: int) -> ArchSummary:
     """Build ``arch`` for ``info`` on the meta device and measure shapes and saved activations."""
     from bioscale.models import build_model
 
@@ -138,3 +138,28 @@ def render(summary: ArchSummary) -> str:
         f"  total            {_fmt_bytes(s.total_bytes):>15}",
     ]
     return "\n".join(lines)
+
+
+def describe_arch(name: str, dataset: str, batch_size: int, params: list[str]) -> str:
+    """``bioscale arch summary``: the table for arch ``name`` built for ``dataset``'s registered shape, with
+    ``params`` as KEY=VALUE strings; an arch that cannot be built for that dataset is refused by the same
+    compatibility check grid validation uses."""
+    from pydantic import ValidationError
+
+    from bioscale.catalog import ARCHS, DATASETS, compat
+    from bioscale.errors import BioscaleError
+    from bioscale.grid import parse_set
+
+    record, data = ARCHS.get(name), DATASETS.get(dataset)
+    try:
+        arch_params = record.params.model_validate(parse_set(params))
+    except ValidationError as exc:
+        raise BioscaleError(f"arch {name!r}: {exc.errors()[0]['msg']} in --param; `bioscale list archs` "
+                            "shows its parameters.") from None
+    problems = compat.arch_problems(record, data, arch_params)
+    if problems:
+        raise BioscaleError(f"{'; '.join(problems)}. Datasets it can be built for: "
+                            f"{', '.join(compat.datasets_for_arch(record))}.")
+    shape = DataShape(data.family, data.input_shape, data.num_classes, 0, 0)
+    spec = ArchSpec(name=name, params=arch_params.model_dump(mode="json"))
+    return render(summarize(spec, shape, batch_size))

@@ -13,17 +13,33 @@ Inputs with other than 3 channels (MNIST) change only the first conv's input cha
 
 from __future__ import annotations
 
-import torchvision
-from torch import nn
+from typing import TYPE_CHECKING
 
-from bioscale.catalog.archs import TorchvisionParams
-from bioscale.data.base import DataInfo
+from bioscale.catalog import register_arch
+from bioscale.lazy import lazy
+from bioscale.spec import Strict
+
+if TYPE_CHECKING:
+    from bioscale.data.base import DataShape
+
+torchvision = lazy("torchvision")
+nn = lazy("torch.nn")
+alexnet = lazy("bioscale.models.alexnet")
+
+XIAO = "Xiao, Chen, Liao, Poggio 2018"
+
+
+class TorchvisionParams(Strict):
+    """These nets take no parameters: their size is fixed; the input stem adapts to the data's shape."""
+
 
 SMALL_INPUT = 64
 """Inputs whose shorter side is below this get the small-input stems described above."""
 
 
-def build_resnet18(params: TorchvisionParams, info: DataInfo) -> nn.Module:
+@register_arch("resnet18", params=TorchvisionParams, display="ResNet-18", order=40, layered=False,
+               summary="torchvision's ResNet-18.", source=XIAO)
+def build_resnet18(params: TorchvisionParams, info: DataShape) -> nn.Module:
     """torchvision's ResNet-18 (BasicBlock [2, 2, 2, 2], weights=None) with ``num_classes`` from the data.
 
     Init is torchvision's: convs N(0, sqrt(2/n)) with n = k*k*out_channels (kaiming fan-out), BN weight 1
@@ -41,45 +57,10 @@ def build_resnet18(params: TorchvisionParams, info: DataInfo) -> nn.Module:
     return model
 
 
-class AlexNetBN(nn.Module):
-    """AlexNet as modified by Xiao et al.: batch norm before every ReLU, no bias before batch norm, no dropout.
-
-    convs 64 (11x11/4, pad 2) - pool - 192 (5x5, pad 2) - pool - 384 (3x3) - 256 (3x3) - 256 (3x3) - pool,
-    then FC 9216 - 4096 - 4096 - classes (the last with a bias, no BN). Pools are 3x3 stride 2. Modules keep
-    PyTorch's default init, as Xiao et al.'s code does.
-    """
-
-    def __init__(self, num_classes: int, in_channels: int = 3, small_input: bool = False) -> None:
-        super().__init__()
-        stem = dict(kernel_size=3, stride=1, padding=1) if small_input else dict(kernel_size=11, stride=4,
-                                                                                  padding=2)
-        pool_pad = 1 if small_input else 0
-
-        def conv_bn(c_in: int, c_out: int, **conv: int) -> list[nn.Module]:
-            return [nn.Conv2d(c_in, c_out, bias=False, **conv), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
-
-        def pool() -> nn.Module:
-            return nn.MaxPool2d(kernel_size=3, stride=2, padding=pool_pad)
-
-        self.features = nn.Sequential(
-            *conv_bn(in_channels, 64, **stem), pool(),
-            *conv_bn(64, 192, kernel_size=5, padding=2), pool(),
-            *conv_bn(192, 384, kernel_size=3, padding=1),
-            *conv_bn(384, 256, kernel_size=3, padding=1),
-            *conv_bn(256, 256, kernel_size=3, padding=1), pool(),
-        )
-        self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
-        self.classifier = nn.Sequential(
-            nn.Linear(256 * 6 * 6, 4096, bias=False), nn.BatchNorm1d(4096), nn.ReLU(inplace=True),
-            nn.Linear(4096, 4096, bias=False), nn.BatchNorm1d(4096), nn.ReLU(inplace=True),
-            nn.Linear(4096, num_classes),
-        )
-
-    def forward(self, x):  # type: ignore[no-untyped-def]
-        return self.classifier(self.avgpool(self.features(x)).flatten(1))
-
-
-def build_alexnet(params: TorchvisionParams, info: DataInfo) -> nn.Module:
+@register_arch("alexnet", params=TorchvisionParams, display="AlexNet", order=50, layered=False,
+               summary="AlexNet, Xiao et al.'s variant: batch norm before every ReLU, no bias before BN, no dropout.",
+               source=XIAO)
+def build_alexnet(params: TorchvisionParams, info: DataShape) -> nn.Module:
     """Xiao et al.'s AlexNet for ``info``'s input shape and class count (small-input stem below 64 px)."""
     channels, h, w = info.input_shape
-    return AlexNetBN(info.num_classes, in_channels=channels, small_input=min(h, w) < SMALL_INPUT)
+    return alexnet.AlexNetBN(info.num_classes, in_channels=channels, small_input=min(h, w) < SMALL_INPUT)

@@ -7,8 +7,8 @@ from typing import Any
 
 import pandas as pd
 
-from bioscale.catalog import ARCHS, DATASETS, RULES
-from bioscale.report.references import PAPER_DATASET, find_reference
+from bioscale.report.names import column_rank, method_rank, paper_dataset
+from bioscale.report.references import find_reference
 from bioscale.store import Store, load_rows
 
 JOB_COLUMNS = [
@@ -32,13 +32,10 @@ def load_frame(store: Store, grid: str | None = None) -> pd.DataFrame:
 
 
 def _order(rec: dict[str, Any]) -> tuple[Any, ...]:
-    """Grid, dataset, arch and rule in catalog order (bp first), parallel before alternating, then seed."""
-    def rank(names: list[str], name: str) -> int:
-        return names.index(name) if name in names else len(names)
-
-    return (rec["grid"], rank(DATASETS.names(), rec["dataset"]), rec["dataset"], rank(ARCHS.names(), rec["arch"]),
-            rank(RULES.names(), rec["rule"]), rec["rule"], ["parallel", "alternating"].index(rec["schedule"])
-            if rec["schedule"] in ("parallel", "alternating") else -1, rec["setting"], rec["seed"])
+    """Grid, then dataset and arch column in registration order, then the papers' row order (rules, their
+    schedules), setting and seed."""
+    return (rec["grid"], column_rank(rec["dataset"], rec["arch"]), rec["arch"],
+            method_rank(rec["rule"], rec["schedule"], rec["arch"]), rec["setting"], rec["seed"])
 
 
 def _record(row: dict[str, Any], flat: dict[str, Any], varying: dict[str, list[str]]) -> dict[str, Any]:
@@ -61,7 +58,7 @@ def _record(row: dict[str, Any], flat: dict[str, Any], varying: dict[str, list[s
     ref = find_reference(spec.dataset.name, spec.arch.name, spec.rule.name, schedule)
     if ref is not None:
         rec.update(paper_train_error=ref.get("train_error"), paper_test_error=ref.get("test_error"),
-                   paper_top5_error=ref.get("top5_error"), paper_dataset=PAPER_DATASET[spec.dataset.name],
+                   paper_top5_error=ref.get("top5_error"), paper_dataset=paper_dataset(spec.dataset.name),
                    paper_source=ref["source"], paper_note=ref.get("note"))
         if rec.get("test_error") is not None and ref.get("test_error") is not None:
             rec["delta"] = rec["test_error"] - ref["test_error"]

@@ -5,25 +5,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from bioscale.report.render import mean_std
-
-METHOD_NAMES = {"dtp": "DTP", "sdtp": "SDTP", "aosdtp": "AO-SDTP", "fa": "FA", "dfa": "DFA", "bp": "BP",
-                "ss": "SS", "brsf": "brSF", "frsf": "frSF", "kp": "KP"}
-ARCH_NAMES = {"fc": "FC", "lc": "LC", "conv": "LC", "resnet18": "ResNet-18", "alexnet": "AlexNet"}
-
-
-def method_of(rule: str, schedule: str, arch: str) -> str:
-    """The paper's row name: "DTP, parallel", "FA", "BP ConvNet" (BP on the conv net sits in the LC column)."""
-    name = METHOD_NAMES.get(rule, rule)
-    if arch == "conv":
-        return f"{name} ConvNet"
-    return f"{name}, {schedule}" if schedule else name
-
-
-def method_rank(method: str) -> tuple[int, str]:
-    order = ["DTP, parallel", "DTP, alternating", "SDTP, parallel", "SDTP, alternating", "AO-SDTP, parallel",
-             "AO-SDTP, alternating", "FA", "DFA", "SS", "brSF", "frSF", "KP", "BP", "BP ConvNet"]
-    return (order.index(method) if method in order else len(order), method)
+from bioscale.report.cells import mean_std
+from bioscale.report.names import column_of, method_of, method_rank
 
 
 def _cell(values: pd.Series, paper: pd.Series, note: pd.Series | None = None) -> str:
@@ -40,10 +23,9 @@ def _cell(values: pd.Series, paper: pd.Series, note: pd.Series | None = None) ->
 
 def paper_table(frame: pd.DataFrame) -> pd.DataFrame:
     """The pivoted table; columns like "mnist-5k FC test"; top-1/top-5 where train error is not reported."""
-    frame = frame.assign(method=[method_of(r, s, a) for r, s, a in zip(frame.rule, frame.schedule, frame.arch,
-                                                                     strict=True)],
-                         column=[f"{d} {ARCH_NAMES.get(a, a)}" for d, a in zip(frame.dataset, frame.arch,
-                                                                            strict=True)])
+    keys = list(zip(frame.rule, frame.schedule, frame.arch, strict=True))
+    frame = frame.assign(method=[method_of(*k) for k in keys], rank=[method_rank(*k) for k in keys],
+                         column=[f"{d} {column_of(a)}" for d, a in zip(frame.dataset, frame.arch, strict=True)])
     columns: list[str] = []
     for col in dict.fromkeys(frame["column"]):
         group = frame[frame["column"] == col]
@@ -56,7 +38,8 @@ def paper_table(frame: pd.DataFrame) -> pd.DataFrame:
             metrics.append("top-5")
         columns += [f"{col} {m}" for m in metrics]
     rows = []
-    for method in sorted(dict.fromkeys(frame["method"]), key=method_rank):
+    ranks = dict(zip(frame["method"], frame["rank"], strict=True))
+    for method in sorted(ranks, key=ranks.__getitem__):
         row = {"method": method}
         for col in dict.fromkeys(frame["column"]):
             cell = frame[(frame["method"] == method) & (frame["column"] == col)]

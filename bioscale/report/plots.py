@@ -13,8 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from bioscale.catalog import ARCHS, DATASETS
-from bioscale.report.paper_layout import ARCH_NAMES, method_of, method_rank
+from bioscale.report.names import column_of, column_rank, method_of, method_rank
 
 DPI = 110
 
@@ -45,28 +44,21 @@ def _panels(keys: list[tuple[str, str]]) -> tuple[plt.Figure, list[plt.Axes]]:
     return fig, flat[:n]
 
 
-def _label(rule: str, schedule: str, arch: str) -> str:
-    return method_of(rule, schedule, arch)
-
-
 def _with_panels(frame: pd.DataFrame) -> pd.DataFrame:
-    """Add `panel` ("dataset, ARCH") and `method` columns, sorted: datasets and archs in catalog order,
-    methods in the paper's row order."""
-    def rank(names: list[str], name: str) -> int:
-        return names.index(name) if name in names else len(names)
-
+    """Add `panel` ("dataset, COLUMN") and `method` columns, sorted: datasets and columns in registration
+    order, methods in the paper's row order (`_m`, kept for the colours)."""
+    keys = list(zip(frame.rule, frame.schedule, frame.arch, strict=True))
     frame = frame.assign(
-        panel=[f"{d}, {ARCH_NAMES.get(a, a)}" for d, a in zip(frame.dataset, frame.arch, strict=True)],
-        method=[_label(r, s, a) for r, s, a in zip(frame.rule, frame.schedule, frame.arch, strict=True)],
-        _p=[(rank(DATASETS.names(), d), rank(ARCHS.names(), "lc" if a == "conv" else a))
-            for d, a in zip(frame.dataset, frame.arch, strict=True)])
-    frame = frame.assign(_m=[method_rank(m) for m in frame.method])
+        panel=[f"{d}, {column_of(a)}" for d, a in zip(frame.dataset, frame.arch, strict=True)],
+        method=[method_of(*k) for k in keys], _m=[method_rank(*k) for k in keys],
+        _p=[column_rank(d, a) for d, a in zip(frame.dataset, frame.arch, strict=True)])
     return frame.sort_values(["_p", "_m"], kind="stable")
 
 
-def _colors(methods: list[str]) -> dict[str, str]:
-    """The same colour for a method in every panel."""
-    return {m: f"C{i % 10}" for i, m in enumerate(sorted(set(methods), key=method_rank))}
+def _colors(frame: pd.DataFrame) -> dict[str, str]:
+    """The same colour for a method in every panel, assigned in the papers' row order."""
+    ranks = dict(zip(frame["method"], frame["_m"], strict=True))
+    return {m: f"C{i % 10}" for i, m in enumerate(sorted(ranks, key=ranks.__getitem__))}
 
 
 def _shared_legend(fig: plt.Figure, colors: dict[str, str], title: str) -> None:
@@ -79,7 +71,7 @@ def learning_curves(curves: pd.DataFrame, path: Path) -> Path:
     """One panel per dataset x arch; one colour per method; test error solid, train error dashed."""
     curves = _with_panels(curves)
     keys = list(dict.fromkeys(curves["panel"]))
-    colors = _colors(list(curves["method"]))
+    colors = _colors(curves)
     fig, axes = _panels(keys)
     for ax, panel in zip(axes, keys, strict=True):
         data = curves[curves["panel"] == panel]

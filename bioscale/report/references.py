@@ -8,10 +8,8 @@ from typing import Any
 
 import yaml
 
-# Which paper dataset a dataset of ours is drawn from. mnist-5k is a 5,000-image subset of MNIST, so the
-# paper's MNIST number is the reference (with fewer examples, expect a higher error); the report says so in
-# `paper_dataset`. Datasets absent here (digits, fashion-mnist, synthetic) have no published number.
-PAPER_DATASET = {"mnist": "mnist", "mnist-5k": "mnist", "cifar10": "cifar10", "imagenet": "imagenet"}
+from bioscale.report import names
+
 REFERENCE_FILES = ("bartunov2018.yaml", "xiao2018.yaml", "biotorch2021.yaml")
 
 
@@ -29,8 +27,10 @@ def load_references() -> tuple[dict[str, Any], ...]:
 
 def find_reference(dataset: str, arch: str, rule: str, schedule: str, role: str = "primary"
                    ) -> dict[str, Any] | None:
-    """The paper's entry for this cell (``role="secondary"``: an independent benchmark's), or None."""
-    paper_dataset = PAPER_DATASET.get(dataset)
+    """The paper's entry for this cell (``role="secondary"``: an independent benchmark's), or None. A dataset
+    is compared with the paper dataset its registration names (mnist-5k, a subset of MNIST: MNIST's
+    numbers, so expect a higher error; the report says so)."""
+    paper_dataset = names.paper_dataset(dataset)
     if paper_dataset is None:
         return None
     for entry in load_references():

@@ -6,13 +6,15 @@ from __future__ import annotations
 import html
 import io
 import json
-import math
 from typing import Any
 
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
 from tabulate import tabulate
+
+from bioscale.report.cells import fmt_number, mean_std
+from bioscale.report.paper_layout import paper_table
 
 FORMATS = ("table", "markdown", "csv", "latex", "html", "json")
 GROUP = ["grid", "rule", "schedule", "arch", "dataset", "setting"]
@@ -59,26 +61,13 @@ def _drop_constant(out: pd.DataFrame) -> pd.DataFrame:
     return out[keep]
 
 
-def mean_std(values: pd.Series) -> str:
-    v = values.dropna().astype(float)
-    if len(v) == 0:
-        return ""
-    if len(v) == 1:
-        return _fmt(v.iloc[0])
-    return f"{v.mean():.2f} ± {v.std(ddof=1):.2f}"
-
-
 def _first_text(values: pd.Series) -> str:
     return next((v for v in values if isinstance(v, str) and v), "")
 
 
 def _first(values: pd.Series) -> str:
     v = values.dropna()
-    return _fmt(v.iloc[0]) if len(v) else ""
-
-
-def _fmt(x: Any) -> str:
-    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{float(x):.2f}"
+    return fmt_number(v.iloc[0]) if len(v) else ""
 
 
 def _int_range(values: pd.Series) -> str:
@@ -111,8 +100,6 @@ def render(frame: pd.DataFrame, fmt: str, layout: str = "settings") -> str:
     if frame.empty:
         return "No jobs in the results directory.\n"
     if layout == "paper":
-        from bioscale.report.paper_layout import paper_table
-
         table = paper_table(frame)
         headers = list(table.columns)
         return emit(table, headers, fmt, [*paper_legend(frame), *problem_notes(frame)])

@@ -5,16 +5,30 @@ from __future__ import annotations
 import contextlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
-import torch
 from pydantic import BaseModel
-from torch import Tensor, nn
-from torch.optim import Optimizer
 
-from bioscale.models.base import output_module
-from bioscale.optim import batch_manhattan_, build_optimizer, set_epoch_lr
-from bioscale.spec import OptimSpec
+from bioscale.lazy import lazy
+from bioscale.spec import OptimSpec, Strict
+
+if TYPE_CHECKING:
+    from torch import Tensor
+    from torch.optim import Optimizer
+
+# Rule modules register themselves without importing torch (bioscale.catalog): torch and the torch
+# machinery are imported when a rule is first built.
+torch = lazy("torch")
+nn = lazy("torch.nn")
+models_base = lazy("bioscale.models.base")
+optimisers = lazy("bioscale.optim")
+
+
+class BPParams(Strict):
+    """What every backward rule takes (backprop included)."""
+
+    batch_manhattan: bool = False
+    """Replace each gradient by its sign before weight decay and momentum (Xiao's ``--bm``)."""
 
 
 @dataclass
@@ -26,8 +40,6 @@ class StepOutput:
 
 
 class Rule(ABC):
-    family: ClassVar[str] = "backward"
-
     def __init__(self, params: BaseModel, optim: OptimSpec, inverse_optim: OptimSpec | None = None) -> None:
         self.params = params
         self.optim = optim
@@ -49,7 +61,7 @@ class Rule(ABC):
         self.optimizers = self.build_optimizers()
 
     def build_optimizers(self) -> dict[str, Optimizer]:
-        return {"model": build_optimizer(self.param_groups(), self.optim)}
+        return {"model": optimisers.build_optimizer(self.param_groups(), self.optim)}
 
     def param_groups(self) -> list[dict[str, Any]]:
         """All trainable parameters; the output layer in its own group when ``last_layer_lr`` is set."""
@@ -57,7 +69,7 @@ class Rule(ABC):
         params = [p for p in self.model.parameters() if p.requires_grad]
         if self.optim.last_layer_lr is None:
             return [{"params": params}]
-        last = {id(p) for p in output_module(self.model).parameters()}
+        last = {id(p) for p in models_base.output_module(self.model).parameters()}
         return [
             {"params": [p for p in params if id(p) not in last]},
             {"params": [p for p in params if id(p) in last], "lr": self.optim.last_layer_lr},
@@ -76,7 +88,7 @@ class Rule(ABC):
         """Set learning rates for ``epoch`` (0-based); target rules also pick the alternating phase here."""
         for name, opt in self.optimizers.items():
             spec = self.inverse_optim if name == "inverse" and self.inverse_optim else self.optim
-            set_epoch_lr(opt, spec, epoch)
+            optimisers.set_epoch_lr(opt, spec, epoch)
 
     def phases(self, epoch: int) -> list[str]:
         """Passes over the training set in ``epoch``. Alternating target rules return ["inverse",
@@ -111,8 +123,6 @@ class Rule(ABC):
 class BackwardRule(Rule):
     """Rules that only change what flows backward: forward, loss, backward, step."""
 
-    family = "backward"
-
     def prepare(self, model: nn.Module) -> nn.Module:
         self.model = self.convert(model)
         return self.model
@@ -137,7 +147,7 @@ class BackwardRule(Rule):
         loss, logits = self.rule_backward(x, y)
         self.before_step()
         if getattr(self.params, "batch_manhattan", False):
-            batch_manhattan_(opt)
+            optimisers.batch_manhattan_(opt)
         opt.step()
         self.after_step()
         return StepOutput(loss.detach(), logits.detach())

@@ -16,24 +16,49 @@ layer (``output_module``) as plain backprop. The scale options are described in 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Literal
 
-import torch
-from torch import Tensor, nn
+from pydantic import Field
 
-from bioscale.catalog.rules import BackwardParams, KPParams
+from bioscale.catalog import register_rule
 from bioscale.errors import BioscaleError
-from bioscale.layers.convert import ConversionReport, convert_to_feedback
-from bioscale.layers.feedback import (
-    MatrixFeedback,
-    SignFeedback,
-    SignMagnitudeFeedback,
-    draw_feedback,
-    feedback_scale,
-    is_feedback_layer,
-)
-from bioscale.models.base import LayeredNet, output_module
-from bioscale.rules.angles import backprop_mode, gradient_angles, weight_feedback_angles
-from bioscale.rules.base import BackwardRule
+from bioscale.lazy import lazy
+from bioscale.rules.base import BackwardRule, BPParams
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from bioscale.layers.convert import ConversionReport
+    from bioscale.models.base import LayeredNet
+
+torch = lazy("torch")
+nn = lazy("torch.nn")
+convert_lib = lazy("bioscale.layers.convert")
+feedback_lib = lazy("bioscale.layers.feedback")
+models_base = lazy("bioscale.models.base")
+angles = lazy("bioscale.rules.angles")
+
+XIAO = "Xiao, Chen, Liao, Poggio 2018"
+LIAO = "Liao, Leibo, Poggio 2016"
+
+
+class BackwardParams(BPParams):
+    feedback_init: Literal["xavier", "he-fanout", "xiao"] = "xavier"
+    """Per-layer feedback scale s: ``xavier`` sqrt(2/(fan_in+fan_out)) as in BioTorch; ``he-fanout``
+    sqrt(2/fan_out); ``xiao`` as Xiao et al.'s code (conv: sqrt(2/(k*k*C_out)), linear: 1/sqrt(fan_in)),
+    with fan_in = C_in*k*k, fan_out = C_out*k*k. A random B (fa, kp, dfa) is N(0, s^2), except ``xiao`` on
+    a linear layer: U(-s, s) as in Xiao's code; ss uses B = s*sign(W); frsf/brsf use |M|*sign(W) with M
+    drawn like a random B."""
+    last_layer_bp: bool = False
+    """Keep backprop in the output layer (Xiao's code default; Bartunov et al. apply the rule everywhere).
+    DFA always trains the output layer with its true gradient, so this changes nothing there."""
+
+
+class KPParams(BackwardParams):
+    decay: float = Field(1e-4, ge=0.0)
+    """Weight decay applied to both W and B, which makes them converge (Kolen & Pollack): after each step
+    W <- (1 - lr*decay) W and B <- (1 - lr*decay) B at the layer's current lr, so W - B shrinks by that
+    factor every step (B gets exactly W's update otherwise)."""
 
 
 class _AlignmentRule(BackwardRule):
@@ -52,7 +77,7 @@ class _AlignmentRule(BackwardRule):
     def diagnostics(self, x: Tensor, y: Tensor) -> dict[str, float]:
         assert self.model is not None
         layers = self.diagnosed_layers()
-        return gradient_angles(self.model, layers, lambda: self.rule_backward(x, y),
+        return angles.gradient_angles(self.model, layers, lambda: self.rule_backward(x, y),
                                lambda: self.backprop_backward(x, y))
 
 
@@ -66,9 +91,9 @@ class FeedbackRule(_AlignmentRule):
         raise NotImplementedError
 
     def convert(self, model: nn.Module) -> nn.Module:
-        keep = [output_module(model)] if self.params.last_layer_bp else []
-        self.report = convert_to_feedback(model, self.make_feedback, keep_bp=keep)
-        self._layers = {n: m for n, m in model.named_modules() if is_feedback_layer(m)}
+        keep = [models_base.output_module(model)] if self.params.last_layer_bp else []
+        self.report = convert_lib.convert_to_feedback(model, self.make_feedback, keep_bp=keep)
+        self._layers = {n: m for n, m in model.named_modules() if feedback_lib.is_feedback_layer(m)}
         if not self._layers:
             raise BioscaleError(
                 f"rule {type(self).__name__} found no Linear, Conv2d or LocallyConnected2d layer to convert "
@@ -84,35 +109,47 @@ class FeedbackRule(_AlignmentRule):
         return str(self.report) if self.report is not None else None
 
     def backprop_backward(self, x: Tensor, y: Tensor) -> object:
-        with backprop_mode(self._layers):
+        with angles.backprop_mode(self._layers):
             return self.rule_backward(x, y)
 
     def diagnostics(self, x: Tensor, y: Tensor) -> dict[str, float]:
-        return {**super().diagnostics(x, y), **weight_feedback_angles(self._layers)}
+        return {**super().diagnostics(x, y), **angles.weight_feedback_angles(self._layers)}
 
 
+@register_rule("fa", family="backward", params=BackwardParams, display="FA", order=40,
+               summary="Feedback alignment: a fixed random matrix B replaces W^T in the backward pass.",
+               source="Lillicrap et al. 2016; Bartunov et al. 2018 (FA); scales as BioTorch")
 class FA(FeedbackRule):
     """Feedback alignment: a fixed random B per layer (a buffer: checkpointed, moved with the model)."""
 
     def make_feedback(self, weight: Tensor) -> nn.Module:
-        return MatrixFeedback.random(weight, self.params.feedback_init)
+        return feedback_lib.MatrixFeedback.random(weight, self.params.feedback_init)
 
 
+@register_rule("ss", family="backward", params=BackwardParams, display="SS", order=60,
+               summary="Sign-symmetry: B = sign(W) times a fixed per-layer scale.",
+               source=f"{XIAO}; default scale as BioTorch (feedback_init=xavier)")
 class SignSymmetry(FeedbackRule):
     """Sign-symmetry: B = sign(W) * scale, recomputed from the current W once per forward pass (= once
     per training step: the layer computes it in forward and saves it for backward; never in evaluation)."""
 
     def make_feedback(self, weight: Tensor) -> nn.Module:
-        return SignFeedback(feedback_scale(weight.shape, self.params.feedback_init), weight)
+        return feedback_lib.SignFeedback(feedback_lib.feedback_scale(weight.shape, self.params.feedback_init), weight)
 
 
+@register_rule("frsf", family="backward", params=BackwardParams, display="frSF", order=80,
+               summary="Fixed random-magnitude sign-concordant feedback: B = |M| sign(W), M drawn once.",
+               source=LIAO)
 class FRSF(FeedbackRule):
     """Fixed random-magnitude sign-concordant feedback: B = |M| * sign(W), M drawn once."""
 
     def make_feedback(self, weight: Tensor) -> nn.Module:
-        return SignMagnitudeFeedback.random(weight, self.params.feedback_init)
+        return feedback_lib.SignMagnitudeFeedback.random(weight, self.params.feedback_init)
 
 
+@register_rule("brsf", family="backward", params=BackwardParams, display="brSF", order=70,
+               summary="Batchwise random-magnitude sign-concordant feedback: |M| redrawn after every update.",
+               source=LIAO)
 class BRSF(FRSF):
     """Batchwise random-magnitude sign-concordant feedback: M is redrawn after every update of W."""
 
@@ -121,6 +158,9 @@ class BRSF(FRSF):
             layer.feedback.redraw_()
 
 
+@register_rule("kp", family="backward", params=KPParams, display="KP", order=90,
+               summary="Kolen-Pollack: B gets W's update plus weight decay, so B and W converge.",
+               source="Kolen & Pollack 1994; Akrout et al. 2019")
 class KolenPollack(FA):
     """Kolen-Pollack: B starts random and receives exactly W's update; then both decay.
 
@@ -157,6 +197,10 @@ class KolenPollack(FA):
         return [float(lr.get(id(w), 0.0)) for w in ws]
 
 
+@register_rule("dfa", family="backward", params=BackwardParams, display="DFA", order=50,
+               needs_layered=True,
+               summary="Direct feedback alignment: the output error reaches each hidden layer through its own B.",
+               source="Nokland 2016; Bartunov et al. 2018 (DFA)")
 class DFA(_AlignmentRule):
     """Direct feedback alignment (Nokland 2016) on a ``LayeredNet``.
 
@@ -175,7 +219,7 @@ class DFA(_AlignmentRule):
     _layers: dict[str, nn.Module]
 
     def convert(self, model: nn.Module) -> nn.Module:
-        if not isinstance(model, LayeredNet) or len(model.layers) < 2:
+        if not isinstance(model, models_base.LayeredNet) or len(model.layers) < 2:
             raise BioscaleError(
                 f"rule dfa needs a layered architecture (LayeredNet, e.g. arch fc, lc or conv) with at least "
                 f"one hidden layer, got {type(model).__name__}; torchvision nets such as resnet18 have no "
@@ -186,7 +230,8 @@ class DFA(_AlignmentRule):
         for layer in model.layers[:-1]:
             shape = (classes, math.prod(layer.out_shape))
             proto = torch.empty(shape, device=weight.device, dtype=weight.dtype)
-            layer.direct_feedback = MatrixFeedback(draw_feedback(proto, self.params.feedback_init))
+            drawn = feedback_lib.draw_feedback(proto, self.params.feedback_init)
+            layer.direct_feedback = feedback_lib.MatrixFeedback(drawn)
         self._net = model
         self._layers = {f"layers.{i}.op": layer.op for i, layer in enumerate(model.layers[:-1])}
         return model
@@ -209,7 +254,7 @@ class DFA(_AlignmentRule):
             logits = model.layers[-1](h)
             loss = self.criterion(logits, y)
         (e,) = torch.autograd.grad(loss, logits)
-        e2 = e.reshape(e.shape[0], -1)
+        e2 = self.direct_signal(e, y).reshape(e.shape[0], -1)
         outputs, seeds = [logits], [e]
         for out, b in hidden:
             if out.requires_grad:
@@ -217,6 +262,11 @@ class DFA(_AlignmentRule):
                 seeds.append(e2.to(b.dtype).matmul(b).to(out.dtype).view_as(out))
         torch.autograd.backward(outputs, seeds)
         return loss, logits
+
+    def direct_signal(self, e: Tensor, y: Tensor) -> Tensor:
+        """What B_l projects to hidden layer l: the output error e = dL/dlogits of the batch-mean loss.
+        A subclass may send something else (DRTP sends the one-hot target, ``examples/plugin_drtp.py``)."""
+        return e
 
     def backprop_backward(self, x: Tensor, y: Tensor) -> object:
         return BackwardRule.rule_backward(self, x, y)

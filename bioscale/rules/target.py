@@ -15,21 +15,52 @@ The inverses are a submodule of the model, so they are in its ``state_dict`` and
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
-from torch.optim import Optimizer
+from pydantic import Field, PositiveFloat, PositiveInt
 
-from bioscale.catalog.rules import AOSDTPParams, DTPParams, TargetParams
+from bioscale.catalog import register_rule
 from bioscale.errors import BioscaleError
-from bioscale.layers.inverse import InverseLayer, build_inverse
-from bioscale.models.base import LayeredNet
-from bioscale.optim import build_optimizer
-from bioscale.rules.angles import angle_deg
+from bioscale.lazy import grad_mode, lazy
 from bioscale.rules.base import Rule, StepOutput
-from bioscale.spec import OptimSpec
+from bioscale.spec import OptimSpec, Strict
+
+if TYPE_CHECKING:
+    from torch import Tensor
+    from torch.optim import Optimizer
+
+    from bioscale.layers.inverse import InverseLayer
+    from bioscale.models.base import LayeredNet
+
+torch = lazy("torch")
+nn = lazy("torch.nn")
+F = lazy("torch.nn.functional")
+inverse_lib = lazy("bioscale.layers.inverse")
+random_features = lazy("bioscale.layers.random_features")
+models_base = lazy("bioscale.models.base")
+optimisers = lazy("bioscale.optim")
+angles = lazy("bioscale.rules.angles")
+
+BARTUNOV = "Bartunov et al. 2018"
+
+
+class TargetParams(Strict):
+    schedule: Literal["parallel", "alternating"] = "parallel"
+    """``parallel``: an inverse and a forward step on every batch; ``alternating``: each epoch, one full
+    pass training the inverses, then one full pass training the forward weights (the original DTP code)."""
+    sigma: float = Field(0.1, ge=0.0)
+    """Std of the Gaussian noise used to train the inverses (Table 5's σ)."""
+
+
+class DTPParams(TargetParams):
+    alpha: PositiveFloat = 0.1
+    """Step size α of the penultimate target ĥ_{L-1} = h_{L-1} - α ∂L/∂h_{L-1}, L the per-example loss."""
+
+
+class AOSDTPParams(TargetParams):
+    aux_units: PositiveInt = 512
+    """Size of the auxiliary output z = tanh(R h_{L-1}), R fixed and random (512 on CIFAR-10 in the paper)."""
+
 
 PHASES = ("train", "inverse", "forward")
 
@@ -52,7 +83,6 @@ class TargetRule(Rule):
     set, then the forward weights for one full pass (``phases``), as the original DTP code does.
     """
 
-    family = "target"
     noise_preserving: ClassVar[bool] = False
     """True: minimise ||g(f(h+ε)) - (h+ε)||² (DTP); False: denoise, ||g(f(h+ε)) - h||² (SDTP, AO-SDTP)."""
 
@@ -77,7 +107,7 @@ class TargetRule(Rule):
         return self.net.inverses  # type: ignore[return-value]
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        if not isinstance(model, LayeredNet):
+        if not isinstance(model, models_base.LayeredNet):
             raise BioscaleError(
                 f"target propagation needs a sequential LayeredNet (the fc, lc or conv architecture), got "
                 f"{type(model).__name__}. Pick one of those architectures or a backward rule such as bp or fa."
@@ -107,7 +137,7 @@ class TargetRule(Rule):
         return range(1, len(self.net.layers))
 
     def build_inverse(self, i: int) -> InverseLayer:
-        return build_inverse(self.net.layers[i])
+        return inverse_lib.build_inverse(self.net.layers[i])
 
     # ---- optimisers and schedule -----------------------------------------------------------------
 
@@ -125,10 +155,11 @@ class TargetRule(Rule):
     def build_optimizers(self) -> dict[str, Optimizer]:
         """Separate optimisers: "model" for forward weights, "inverse" (``inverse_optim``, else ``optim``)
         for the inverses."""
-        opts = {"model": build_optimizer(self.param_groups(), self.optim)}
+        opts = {"model": optimisers.build_optimizer(self.param_groups(), self.optim)}
         inverse_params = list(self.inverses.parameters())
         if inverse_params:
-            opts["inverse"] = build_optimizer([{"params": inverse_params}], self.inverse_optim or self.optim)
+            opts["inverse"] = optimisers.build_optimizer([{"params": inverse_params}],
+                                                         self.inverse_optim or self.optim)
         return opts
 
     def phases(self, epoch: int) -> list[str]:
@@ -184,7 +215,7 @@ class TargetRule(Rule):
     needs_top_grad: ClassVar[bool] = False
     """DTP only: the penultimate target needs ∂L/∂h_{L-1}."""
 
-    @torch.no_grad()
+    @grad_mode(False)
     def targets(self, hs: list[Tensor], y: Tensor, top_grad: Tensor | None = None) -> list[Tensor]:
         """ĥ_1..ĥ_{L-1} (detached), by the difference rule from the top target downwards."""
         hs = [h.detach() for h in hs]
@@ -250,7 +281,7 @@ class TargetRule(Rule):
         self.optimizers["model"].step()
         return StepOutput(ce.detach(), hs[-1].detach())
 
-    @torch.enable_grad()
+    @grad_mode(True)
     def layer_targets(self, x: Tensor, y: Tensor) -> tuple[list[Tensor], list[Tensor], Tensor]:
         """(h_1..h_L with local graphs, targets ĥ_1..ĥ_{L-1}, task loss) for one batch, touching no
         ``.grad``: what ``train_step`` computes, for diagnostics and tests."""
@@ -264,7 +295,7 @@ class TargetRule(Rule):
 
     # ---- diagnostics -----------------------------------------------------------------------------
 
-    @torch.enable_grad()
+    @grad_mode(True)
     def diagnostics(self, x: Tensor, y: Tensor) -> dict[str, float]:
         """Per layer: the inverse's clean reconstruction error, the forward loss (the task loss for the
         output layer) and the angle between the local loss's weight gradient and backprop's.
@@ -281,7 +312,7 @@ class TargetRule(Rule):
         out: dict[str, float] = {}
         for i, (loss, g_tp, g_bp) in enumerate(zip(local, tp_grads, bp_grads, strict=True)):
             out[f"forward_loss/layers.{i}"] = float(loss.detach())
-            angle = angle_deg(g_tp, g_bp)
+            angle = angles.angle_deg(g_tp, g_bp)
             if angle is not None:  # undefined when either gradient is zero
                 out[f"angle_grad_bp/layers.{i}.op"] = angle
         with torch.no_grad():
@@ -293,6 +324,9 @@ class TargetRule(Rule):
         return out
 
 
+@register_rule("dtp", family="target", params=DTPParams, display="DTP", order=10, needs_layered=True,
+               summary="Difference target propagation, penultimate target by a gradient step.",
+               source=f"Lee et al. 2015; {BARTUNOV}")
 class DTP(TargetRule):
     """Difference target propagation (Lee et al. 2015) as Bartunov et al. run it.
 
@@ -316,6 +350,9 @@ class DTP(TargetRule):
         return len(hs) - 2, hs[-2] - self.params.alpha * top_grad.view_as(hs[-2])
 
 
+@register_rule("sdtp", family="target", params=TargetParams, display="SDTP", order=20, needs_layered=True,
+               summary="Simplified DTP (Algorithm 1): no gradient below the output layer.",
+               source=f"{BARTUNOV}, Algorithm 1")
 class SDTP(TargetRule):
     """Simplified DTP (Algorithm 1): ĥ_L is the one-hot label and the difference rule sets every lower
     target, the penultimate included, so no gradient is used below the output layer. The output inverse
@@ -323,18 +360,9 @@ class SDTP(TargetRule):
     ||h_{l-1} - g(f(h_{l-1}+ε))||²."""
 
 
-class RandomFeatures(nn.Module):
-    """z = tanh(R h) with R a fixed Glorot-uniform matrix (a buffer: saved, never trained), no bias."""
-
-    def __init__(self, in_features: int, out_features: int) -> None:
-        super().__init__()
-        bound = math.sqrt(6.0 / (in_features + out_features))
-        self.register_buffer("weight", torch.empty(out_features, in_features).uniform_(-bound, bound))
-
-    def forward(self, h: Tensor) -> Tensor:
-        return torch.tanh(F.linear(h.flatten(1).to(self.weight.dtype), self.weight))
-
-
+@register_rule("aosdtp", family="target", params=AOSDTPParams, display="AO-SDTP", order=30,
+               needs_layered=True, summary="Auxiliary-output SDTP (Algorithm 2).",
+               source=f"{BARTUNOV}, Algorithm 2")
 class AOSDTP(TargetRule):
     """Auxiliary-output SDTP (Algorithm 2). The output layer is [o, z]: o the class probabilities (the
     model's own output layer, trained on cross-entropy; the model's ``forward`` returns o's logits only)
@@ -348,13 +376,13 @@ class AOSDTP(TargetRule):
     def attach(self, model: LayeredNet) -> None:
         penult = model.layers[-1].in_shape
         device = next(model.parameters()).device
-        model.aux_features = RandomFeatures(math.prod(penult), self.params.aux_units).to(device)
+        model.aux_features = random_features.RandomFeatures(math.prod(penult), self.params.aux_units).to(device)
 
     def build_inverse(self, i: int) -> InverseLayer:
         if i != len(self.net.layers) - 1:
             return super().build_inverse(i)
         classes = self.net.output_layer.out_shape[0]
-        return build_inverse(self.net.output_layer, code_features=classes + self.params.aux_units)
+        return inverse_lib.build_inverse(self.net.output_layer, code_features=classes + self.params.aux_units)
 
     def aux_code(self, h_prev: Tensor) -> Tensor:
         return self.net.aux_features(h_prev)

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from bioscale.data import LoadContext
+from bioscale.data import LoaderSettings
 
 
 @pytest.fixture
-def ctx() -> LoadContext:
-    return LoadContext(batch_size=64, eval_batch_size=500, device=torch.device("cpu"), seed=3)
+def ctx() -> LoaderSettings:
+    return LoaderSettings(batch_size=64, eval_batch_size=500, device=torch.device("cpu"), seed=3)
 
 
 def _s(b: bytes) -> bytes:

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from bioscale.catalog.datasets import Cifar10Params
 from bioscale.data import cifar, download
+from bioscale.data.cifar import Cifar10Params
 from bioscale.errors import DataError
 
 

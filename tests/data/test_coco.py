@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from bioscale.catalog.datasets import CocoParams
-from bioscale.data import coco
+from bioscale.data import coco, coco_images
+from bioscale.data.coco import CocoParams
 from bioscale.errors import DataError
 
 
@@ -41,7 +41,7 @@ def test_boxes_labels_and_images(tmp_path: Path, ctx) -> None:
     assert b.info.family == "coco" and b.info.num_classes == 2
     assert b.info.category_ids == (1, 3) and b.info.class_names == ("person", "car")
     assert (b.info.train_size, b.info.test_size) == (3, 1)
-    ds = coco.CocoDetection(coco.read_index(tmp_path, "train"))
+    ds = coco_images.CocoDetection(coco.read_index(tmp_path, "train"))
     # Images in id order: 2, 7, 9.
     x, t = ds[1]
     assert t["image_id"] == 7 and x.shape == (3, 30, 40) and t["orig_size"] == (30, 40)
@@ -65,7 +65,7 @@ def test_loader_batches_lists(tmp_path: Path, ctx) -> None:
 
 def test_min_size_scales_boxes(tmp_path: Path) -> None:
     write_coco(tmp_path)
-    ds = coco.CocoDetection(coco.read_index(tmp_path, "train"), min_size=60)
+    ds = coco_images.CocoDetection(coco.read_index(tmp_path, "train"), min_size=60)
     x, t = ds[1]  # 40x30 -> 80x60
     assert x.shape == (3, 60, 80) and t["orig_size"] == (30, 40)
     torch.testing.assert_close(t["boxes"][0], torch.tensor([2.0, 4.0, 22.0, 14.0]))
@@ -98,6 +98,6 @@ def test_truncated_and_invalid_json(tmp_path: Path) -> None:
 def test_missing_image_names_the_file(tmp_path: Path) -> None:
     write_coco(tmp_path)
     (tmp_path / "train2017" / f"{9:012d}.jpg").unlink()
-    ds = coco.CocoDetection(coco.read_index(tmp_path, "train"))
+    ds = coco_images.CocoDetection(coco.read_index(tmp_path, "train"))
     with pytest.raises(DataError, match=r"cannot read the image .*000000000009\.jpg"):
         ds[2]

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from bioscale.catalog import DATASETS, load_impl
-from bioscale.catalog.datasets import Cifar10Params
+from bioscale.catalog import DATASETS
+from bioscale.data.cifar import Cifar10Params
 
 
 @pytest.mark.parametrize("name", DATASETS.names())
 def test_impl_imports_and_params_default(name: str) -> None:
     info = DATASETS.get(name)
-    assert callable(load_impl(info.impl))
+    assert callable(info.impl)
     info.params.model_validate({})
 
 

@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from sklearn.datasets import load_digits
 
-from bioscale.catalog.datasets import BundledParams
 from bioscale.data import digits
+from bioscale.data.params import BundledParams
 
 
 def test_digits_bundle(ctx) -> None:

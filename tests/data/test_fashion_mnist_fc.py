@@ -14,12 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from bioscale.catalog.archs import FCParams
-from bioscale.catalog.datasets import DownloadParams
-from bioscale.catalog.rules import BPParams
-from bioscale.data import LoadContext
+from bioscale.data import LoaderSettings
 from bioscale.data.mnist import load_fashion_mnist
-from bioscale.models.presets import build_fc
+from bioscale.data.params import DownloadParams
+from bioscale.models.presets import FCParams, build_fc
+from bioscale.rules.base import BPParams
 from bioscale.rules.bp import BP
 from bioscale.spec import OptimSpec
 
@@ -39,7 +38,7 @@ def test_one_epoch_of_bp_reaches_under_17_5_percent() -> None:
 
 def _run() -> None:
     torch.manual_seed(0)
-    ctx = LoadContext(batch_size=128, eval_batch_size=2000, device=torch.device("cpu"), seed=0)
+    ctx = LoaderSettings(batch_size=128, eval_batch_size=2000, device=torch.device("cpu"), seed=0)
     data = load_fashion_mnist(DownloadParams(), ctx)
     rule = BP(BPParams(), OptimSpec(name="adam", lr=1e-3))
     rule.prepare(build_fc(FCParams(), data.info))

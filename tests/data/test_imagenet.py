@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from bioscale.catalog.datasets import ImageNetParams
 from bioscale.data import imagenet
+from bioscale.data.imagenet import ImageNetParams
 from bioscale.errors import DataError
 
 CLASSES = ["n01", "n02", "n03"]

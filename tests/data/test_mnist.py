@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from bioscale.catalog.datasets import DownloadParams
 from bioscale.data import download, mnist
+from bioscale.data.params import DownloadParams
 from bioscale.errors import DataError
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")

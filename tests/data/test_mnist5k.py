@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from bioscale.catalog.datasets import BundledParams
 from bioscale.data import mnist5k
+from bioscale.data.params import BundledParams
 from bioscale.errors import DataError
 
 

@@ -9,8 +9,7 @@ import torch
 import torchvision
 from torch import nn
 
-from bioscale.catalog.archs import FCParams
-from bioscale.data.base import DataInfo
+from bioscale.data.base import DataShape
 from bioscale.errors import BioscaleError
 from bioscale.layers.convert import convert_to_feedback
 from bioscale.layers.feedback import (
@@ -22,7 +21,7 @@ from bioscale.layers.feedback import (
 )
 from bioscale.layers.locally_connected import LocallyConnected2d
 from bioscale.models.base import output_module
-from bioscale.models.presets import build_fc
+from bioscale.models.presets import FCParams, build_fc
 
 
 def fa(weight: torch.Tensor) -> nn.Module:
@@ -57,7 +56,7 @@ def test_alexnet_counts() -> None:
 
 def test_layered_net_shares_parameters_and_counts() -> None:
     torch.manual_seed(0)
-    net = build_fc(FCParams(hidden=[8, 8]), DataInfo("mnist", (1, 4, 4), 3, 10, 10))
+    net = build_fc(FCParams(hidden=[8, 8]), DataShape("mnist", (1, 4, 4), 3, 10, 10))
     params = {n: p for n, p in net.named_parameters()}
     x = torch.rand(5, 1, 4, 4)
     before = net(x)

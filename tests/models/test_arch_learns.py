@@ -6,9 +6,8 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from bioscale.catalog.archs import LCParams
-from bioscale.data.base import DataInfo
-from bioscale.models.presets import build_conv, build_lc
+from bioscale.data.base import DataShape
+from bioscale.models.presets import LCParams, build_conv, build_lc
 
 
 @pytest.mark.slow
@@ -21,7 +20,7 @@ def test_mnist_preset_learns_digits(build):
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
     x, y = x[perm], y[perm]
     xtr, ytr, xte, yte = x[:1400], y[:1400], x[1400:], y[1400:]
-    model = build(LCParams(), DataInfo("mnist", (1, 8, 8), 10, 1400, len(yte)))
+    model = build(LCParams(), DataShape("mnist", (1, 8, 8), 10, 1400, len(yte)))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     for _ in range(8):
         for i in range(0, 1400, 50):

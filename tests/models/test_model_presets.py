@@ -8,17 +8,16 @@ import pytest
 import torch
 from torch import nn
 
-from bioscale.catalog.archs import FCParams, LCParams
-from bioscale.data.base import DataInfo
+from bioscale.data.base import DataShape
 from bioscale.errors import BioscaleError
 from bioscale.layers.locally_connected import LocallyConnected2d
 from bioscale.models.base import LayeredNet
-from bioscale.models.presets import build_conv, build_fc, build_lc
+from bioscale.models.presets import FCParams, LCParams, build_conv, build_fc, build_lc
 
-MNIST = DataInfo("mnist", (1, 28, 28), 10, 60000, 10000)
-CIFAR = DataInfo("cifar10", (3, 32, 32), 10, 50000, 10000)
-IMAGENET = DataInfo("imagenet", (3, 224, 224), 1000, 1281167, 50000)
-DIGITS = DataInfo("mnist", (1, 8, 8), 10, 1437, 360)
+MNIST = DataShape("mnist", (1, 28, 28), 10, 60000, 10000)
+CIFAR = DataShape("cifar10", (3, 32, 32), 10, 50000, 10000)
+IMAGENET = DataShape("imagenet", (3, 224, 224), 1000, 1281167, 50000)
+DIGITS = DataShape("mnist", (1, 8, 8), 10, 1437, 360)
 
 
 def n_params(model: nn.Module) -> int:
@@ -162,7 +161,7 @@ def test_lc_layers_are_locally_connected_with_same_padding_tanh_and_glorot():
 
 @pytest.mark.parametrize("family", ["mnist", "cifar10", "imagenet"])
 def test_presets_adapt_to_small_inputs(family):
-    info = DataInfo(family, (1, 8, 8), 3, 10, 10)
+    info = DataShape(family, (1, 8, 8), 3, 10, 10)
     spec = {"mnist": [(3, 32, 2), (3, 64, 2)], "cifar10": [(5, 64, 2), (5, 128, 2), (3, 256, 1)],
             "imagenet": [(9, 48, 4), (3, 48, 2), (5, 96, 1), (3, 96, 2), (3, 192, 1), (3, 192, 2),
                          (3, 384, 1)]}[family]
@@ -181,7 +180,7 @@ def test_lc_overrides_and_errors():
     assert n_params(model) == total and [la.out_shape for la in model.layers] == shapes == [
         (4, 8, 8), (6, 3, 3), (10,)]
     with pytest.raises(BioscaleError, match="no preset"):
-        build_lc(LCParams(), DataInfo("coco", (3, 64, 64), 80, 1, 1))
+        build_lc(LCParams(), DataShape("coco", (3, 64, 64), 80, 1, 1))
     with pytest.raises(BioscaleError, match="odd"):
         build_lc(LCParams.model_construct(layers=[(4, 4, 1)], hidden=[]), DIGITS)
     with pytest.raises(ValueError, match="odd kernel"):

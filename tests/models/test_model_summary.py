@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from bioscale.data.base import DataInfo
+from bioscale.data.base import DataShape
 from bioscale.models.summary import render, summarize
 from bioscale.spec import ArchSpec
 
-MNIST = DataInfo("mnist", (1, 28, 28), 10, 60000, 10000)
-IMAGENET = DataInfo("imagenet", (3, 224, 224), 1000, 1281167, 50000)
+MNIST = DataShape("mnist", (1, 28, 28), 10, 60000, 10000)
+IMAGENET = DataShape("imagenet", (3, 224, 224), 1000, 1281167, 50000)
 F32 = 4
 
 
@@ -47,6 +47,6 @@ def test_resnet_and_alexnet_rows_and_render():
     assert rows["conv1"].output_shape == (64, 112, 112) and rows["maxpool"].output_shape == (64, 56, 56)
     assert rows["fc"].output_shape == (1000,) and rows["fc"].params == 512 * 1000 + 1000
     assert s.activation_bytes > 0
-    text = render(summarize(ArchSpec(name="alexnet"), DataInfo("cifar10", (3, 32, 32), 10, 1, 1), 32))
+    text = render(summarize(ArchSpec(name="alexnet"), DataShape("cifar10", (3, 32, 32), 10, 1, 1), 32))
     assert "alexnet for cifar10 input 3x32x32, 10 classes, batch 32" in text
     assert "Adam state" in text and "saved activations" in text and "classifier.6" in text

@@ -7,13 +7,12 @@ import torch
 import torchvision
 from torch import nn
 
-from bioscale.catalog.archs import TorchvisionParams
-from bioscale.data.base import DataInfo
-from bioscale.models.torchvision_nets import build_alexnet, build_resnet18
+from bioscale.data.base import DataShape
+from bioscale.models.torchvision_nets import TorchvisionParams, build_alexnet, build_resnet18
 
-IMAGENET = DataInfo("imagenet", (3, 224, 224), 1000, 1, 1)
-CIFAR = DataInfo("cifar10", (3, 32, 32), 10, 1, 1)
-MNIST = DataInfo("mnist", (1, 28, 28), 10, 1, 1)
+IMAGENET = DataShape("imagenet", (3, 224, 224), 1000, 1, 1)
+CIFAR = DataShape("cifar10", (3, 32, 32), 10, 1, 1)
+MNIST = DataShape("mnist", (1, 28, 28), 10, 1, 1)
 
 
 def n_params(model: nn.Module) -> int:
@@ -94,7 +93,7 @@ def test_alexnet_imagenet_features_are_exactly_6x6():
 
 @pytest.mark.parametrize("shape", [(3, 32, 32), (1, 28, 28), (1, 8, 8), (3, 64, 64)])
 def test_small_inputs_reach_the_classifier(shape):
-    info = DataInfo("x", shape, 7, 1, 1)
+    info = DataShape("x", shape, 7, 1, 1)
     for build in (build_alexnet, build_resnet18):
         model = meta(build, info)
         assert model(torch.zeros(2, *shape, device="meta")).shape == (2, 7)

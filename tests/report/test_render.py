@@ -39,7 +39,8 @@ def test_failed_and_diverged_jobs_are_reported(fixed_store: Store) -> None:
 def test_csv_and_json_have_one_row_per_job(fixed_store: Store) -> None:
     frame = load_frame(fixed_store)
     rows = json.loads(render(frame, "json"))
-    assert len(rows) == 6 and rows[0]["paper_test_error"] == 1.48
+    assert len(rows) == 6 and rows[-1]["rule"] == "bp" and rows[-1]["paper_test_error"] == 1.48
+    assert [r["rule"] for r in rows] == ["dtp", "sdtp", "fa", "dfa", "bp", "bp"]  # the papers' row order
     assert len(pd.read_csv(io.StringIO(render(frame, "csv")))) == 6
 
 

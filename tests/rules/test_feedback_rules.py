@@ -19,16 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bioscale.catalog.archs import FCParams
-from bioscale.catalog.rules import BackwardParams, KPParams
-from bioscale.data.base import DataInfo
+from bioscale.data.base import DataShape
 from bioscale.errors import BioscaleError
 from bioscale.layers.feedback import FeedbackLinear, feedback_scale
 from bioscale.models.base import LayeredNet
-from bioscale.models.presets import build_fc
+from bioscale.models.presets import FCParams, build_fc
 from bioscale.rules.angles import angle_deg
 from bioscale.rules.bp import BP
-from bioscale.rules.feedback import BRSF, DFA, FA, FRSF, KolenPollack, SignSymmetry
+from bioscale.rules.feedback import BRSF, DFA, FA, FRSF, BackwardParams, KolenPollack, KPParams, SignSymmetry
 from bioscale.spec import OptimSpec
 
 BACKWARD = {"fa": FA, "ss": SignSymmetry, "frsf": FRSF, "brsf": BRSF, "kp": KolenPollack}
@@ -40,7 +38,7 @@ pytestmark = pytest.mark.usefixtures("float64")  # exact comparisons in float64
 
 def make_net(hidden: list[int] = [6, 5], seed: int = 0) -> LayeredNet:  # noqa: B006
     torch.manual_seed(seed)
-    return build_fc(FCParams(hidden=hidden), DataInfo("mnist", (1, 2, 4), 4, 16, 16))
+    return build_fc(FCParams(hidden=hidden), DataShape("mnist", (1, 2, 4), 4, 16, 16))
 
 
 def make_rule(name: str, **params: object) -> FA:
@@ -307,7 +305,7 @@ def test_dfa_needs_a_layered_net() -> None:
 
 
 def test_rule_without_convertible_layers_is_a_clear_error() -> None:
-    net = build_fc(FCParams(hidden=[]), DataInfo("mnist", (1, 2, 4), 4, 16, 16))
+    net = build_fc(FCParams(hidden=[]), DataShape("mnist", (1, 2, 4), 4, 16, 16))
     with pytest.raises(BioscaleError, match="plain backprop"):
         make_rule("fa", last_layer_bp=True).prepare(net)
 
@@ -421,7 +419,7 @@ def test_fa_dfa_ss_train_the_fc_net_on_mnist5k_close_to_bp() -> None:
     from bioscale.spec import DatasetSpec
 
     torch.set_default_dtype(torch.float32)
-    ctx = data_mod.LoadContext(batch_size=64, eval_batch_size=1000, device=torch.device("cpu"), seed=0)
+    ctx = data_mod.LoaderSettings(batch_size=64, eval_batch_size=1000, device=torch.device("cpu"), seed=0)
     data = data_mod.load_data(DatasetSpec(name="mnist-5k"), ctx)  # bundled: a failure here is a real one
     errors = {}
     for name in ["bp", "fa", "dfa", "ss"]:

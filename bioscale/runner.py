@@ -1,0 +1,165 @@
+"""The public Python API: expand a grid, skip what is finished, run the rest, summarise.
+
+``bioscale run`` is a thin shell around this module, so a notebook or a script gets exactly what the command
+line does::
+
+    import bioscale
+    summary = bioscale.run_grid("grids/smoke.yaml", results="results", overrides=["train.epochs=1"])
+    frame = bioscale.load_results("results", grid="smoke")
+
+Importing it does not import torch (``bioscale grid validate`` and the report stay fast); the executors
+import it when a job starts.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bioscale.errors import BioscaleError
+from bioscale.events import EventHandler
+from bioscale.executors import Executor, make_executor
+from bioscale.job import Job
+from bioscale.spec import ExecutorSpec, GridSpec, JobResult
+from bioscale.store import Store
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+RUNNABLE = ("pending", "failed")
+"""Statuses ``run_grid`` (re)runs; done and diverged are results, a running job belongs to another process."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run would do: every job of the grid and those of them still to run. Computing it writes
+    nothing, so it can be shown (``bioscale run`` prints it) before anything starts."""
+
+    grid: GridSpec
+    jobs: list[Job]
+    todo: list[Job]
+    store: Store
+
+    @property
+    def skipped(self) -> int:
+        """Jobs already finished (or running elsewhere), left alone."""
+        return len(self.jobs) - len(self.todo)
+
+    @property
+    def results_dir(self) -> Path:
+        return self.store.root / self.grid.name
+
+
+@dataclass
+class RunSummary:
+    """The outcome of ``run_grid``. ``results`` holds the jobs run by this call only; ``load_results`` has
+    every job of the store, including those skipped here."""
+
+    grid: str
+    results_dir: Path
+    jobs: list[Job]
+    skipped: int
+    results: list[JobResult] = field(default_factory=list)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Jobs run by this call per status, e.g. ``{"done": 3, "failed": 1}``, sorted by status."""
+        return dict(sorted(Counter(r.status for r in self.results).items()))
+
+    @property
+    def failed(self) -> list[JobResult]:
+        """Jobs that failed (an error, not a diverged loss: divergence is a result); run again to retry."""
+        return [r for r in self.results if r.status == "failed"]
+
+
+def expand_grid(grid: str | Path | GridSpec, overrides: list[str] | str | Mapping[str, Any] | None = None
+                ) -> tuple[GridSpec, list[Job]]:
+    """Load and validate ``grid`` (a YAML path or a ``GridSpec``) and expand it into its jobs, with
+    ``overrides`` (``["train.epochs=2"]`` or ``{"train.epochs": 2}``) applied to every job. Raises
+    ``BioscaleError`` on invalid input. Reads nothing but the grid, writes nothing."""
+    from bioscale.grid import expand, load_grid, parse_set
+
+    if isinstance(grid, GridSpec):
+        spec, source = grid, f"<grid {grid.name}>"
+    else:
+        spec, source = load_grid(grid), str(grid)
+    if isinstance(overrides, Mapping):
+        sets = dict(overrides)
+    else:
+        sets = parse_set([overrides] if isinstance(overrides, str) else list(overrides or []))
+    return spec, expand(spec, sets, source=source)
+
+
+def plan(grid: str | Path | GridSpec, results: str | Path = "results",
+         overrides: list[str] | str | Mapping[str, Any] | None = None) -> Plan:
+    """``expand_grid``, then find the jobs not finished in ``results``. Writes nothing."""
+    spec, jobs = expand_grid(grid, overrides)
+    store = Store(results)
+    todo = [job for job in jobs if store.job_dir(job.grid, job.job_id).status() in RUNNABLE]
+    return Plan(spec, jobs, todo, store)
+
+
+def choose_executor(grid: GridSpec, executor: str | ExecutorSpec | Executor | None = None,
+                    workers: int | None = None, threads: int | None = None) -> Executor:
+    """The executor for a run: the grid's ``executor:`` entry, replaced by ``executor`` where given, with
+    ``workers``/``threads`` on top (``workers`` alone means a local pool). Unknown names and parameters
+    raise ``BioscaleError`` before anything is written."""
+    if isinstance(executor, Executor):
+        if workers is not None or threads is not None:
+            raise BioscaleError("workers and threads configure an executor by name; give them to the executor "
+                                "object itself, or pass executor='local' (or 'inline') instead.")
+        return executor
+    spec = executor if isinstance(executor, ExecutorSpec) else grid.executor
+    if isinstance(executor, str) or workers is not None or threads is not None:
+        name = executor if isinstance(executor, str) else (spec.name if spec else ("local" if workers else "inline"))
+        params = dict(spec.params) if spec and spec.name == name else {}
+        params.update({k: v for k, v in (("workers", workers), ("threads", threads)) if v is not None})
+        spec = ExecutorSpec(name=name, params=params)
+    return make_executor(spec)
+
+
+def run_plan(planned: Plan, executor: str | ExecutorSpec | Executor | None = None, *, workers: int | None = None,
+             threads: int | None = None, on_event: EventHandler | None = None) -> RunSummary:
+    """Run the plan's jobs still to run. Every job's spec is recorded first, so the report lists the whole
+    grid (pending jobs included) while it runs. A failed job is recorded and the others go on."""
+    runner = choose_executor(planned.grid, executor, workers, threads)
+    for job in planned.jobs:
+        planned.store.job_dir(job.grid, job.job_id).write_spec(job.grid, job.spec)
+    done = runner.run(planned.todo, planned.store, on_event) if planned.todo else []
+    return RunSummary(planned.grid.name, planned.results_dir, planned.jobs, planned.skipped, done)
+
+
+def run_grid(grid: str | Path | GridSpec, results: str | Path = "results",
+             overrides: list[str] | str | Mapping[str, Any] | None = None,
+             executor: str | ExecutorSpec | Executor | None = None, *, workers: int | None = None,
+             threads: int | None = None, on_event: EventHandler | None = None,
+             plugins: list[str] | None = None) -> RunSummary:
+    """Run every job of ``grid`` that is not finished in ``results``; a second call resumes or does nothing.
+
+    ``executor``: ``"inline"`` (this process, the default), ``"local"`` (a process pool), an ``ExecutorSpec``
+    or an ``Executor``; ``on_event`` receives ``bioscale.events`` (e.g. a ``bioscale.progress.Display``);
+    ``plugins``: modules or ``.py`` paths that register components, loaded first. Bad input raises
+    ``BioscaleError`` before anything runs; a failing job does not raise (see ``RunSummary.failed``).
+    """
+    if plugins:
+        from bioscale.catalog import load_plugins
+
+        load_plugins(plugins)
+    return run_plan(plan(grid, results, overrides), executor, workers=workers, threads=threads, on_event=on_event)
+
+
+def load_results(results: str | Path = "results", grid: str | GridSpec | None = None) -> pd.DataFrame:
+    """One row per job in ``results`` (of ``grid`` only, if given), with the columns of
+    ``bioscale report --format csv``: spec, status, errors in %, timings and the papers' numbers."""
+    from bioscale.report import load_frame
+
+    store = Store(results)
+    name = grid.name if isinstance(grid, GridSpec) else grid
+    if name is not None and name not in store.grids():
+        known = ", ".join(store.grids()) or "none"
+        raise BioscaleError(f"No results for grid {name!r} in {results}. Grids there: {known}. Run "
+                            f"`bioscale run grids/{name}.yaml --results {results}` first.")
+    return load_frame(store, name)
