@@ -186,10 +186,30 @@ def list_(what: Annotated[Listing, typer.Argument(help="rules, archs or datasets
     out.print(list_table(what.value))
 
 
+def hoist_plugins(args: list[str]) -> list[str]:
+    """Move every ``--plugin X`` / ``--plugin=X`` to the front, where the app's callback reads it, so that
+    ``bioscale run GRID --plugin X`` works as well as ``bioscale --plugin X run GRID``."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        if args[i] == "--":
+            rest += args[i:]
+            break
+        if args[i] == "--plugin" and i + 1 < len(args):
+            front += args[i:i + 2]
+            i += 2
+            continue
+        (front if args[i].startswith("--plugin=") else rest).append(args[i])
+        i += 1
+    return front + rest
+
+
 def main() -> None:
     """Entry point: bad input is one paragraph on stderr and exit code 2, never a traceback."""
     try:
-        code = app(standalone_mode=False)  # click returns typer.Exit's code here instead of raising it
+        # standalone_mode=False: click returns typer.Exit's code here instead of raising it
+        code = app(args=hoist_plugins(sys.argv[1:]), standalone_mode=False)
         if isinstance(code, int) and code:
             sys.exit(code)
     except BioscaleError as exc:

@@ -106,7 +106,8 @@ def resolve(raw: dict[str, Any], where: str = "<job>") -> JobSpec:
         arch = ARCHS.get(spec.arch.name)
         data = DATASETS.get(spec.dataset.name)
     except UnknownNameError as exc:
-        raise GridError(f"{where}: {exc} Run `bioscale list rules|archs|datasets` to see them all.") from None
+        raise GridError(f"{where}: {exc} Run `bioscale list rules|archs|datasets` to see them all; a name "
+                        "from a plugin needs `--plugin PATH_OR_MODULE`.") from None
     updates: dict[str, Any] = {}
     if rule.family == "backward":
         params = {k: v for k, v in spec.rule.params.items() if k not in IGNORED_BY_BACKWARD_RULES}

@@ -43,6 +43,12 @@ class Registry(Generic[T]):
         self._entries[name] = entry
         return entry
 
+    def unregister(self, name: str) -> T:
+        """Remove an entry (tests, and a plugin that is unloaded); unknown names raise as ``get`` does."""
+        if name not in self._ready():
+            raise UnknownNameError(self.unknown_message(name))
+        return self._entries.pop(name)
+
     def get(self, name: str) -> T:
         try:
             return self._ready()[name]

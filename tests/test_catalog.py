@@ -51,7 +51,7 @@ def test_discovery_finds_the_registering_modules_only() -> None:
     assert "bioscale.data.mnist5k" in found
     assert not any(m.endswith(("base", "loaders", "bundle", "summary", "angles")) for m in found)
     modules = {r.impl.__module__ for r in (*RULES.values(), *ARCHS.values(), *DATASETS.values())}
-    assert modules == set(found)
+    assert {m for m in modules if m.startswith("bioscale.")} == set(found)  # others: installed plugins
 
 
 @pytest.mark.parametrize("kind", list(REGISTRIES))
@@ -135,7 +135,7 @@ def toy_rule() -> Iterator[str]:
         pass
 
     yield "toy"
-    RULES._entries.pop("toy")
+    RULES.unregister("toy")
 
 
 def test_a_new_registration_reaches_validate_list_and_report(toy_rule: str) -> None:

@@ -221,7 +221,8 @@ class DFA(_AlignmentRule):
     def convert(self, model: nn.Module) -> nn.Module:
         if not isinstance(model, models_base.LayeredNet) or len(model.layers) < 2:
             raise BioscaleError(
-                f"rule dfa needs a layered architecture (LayeredNet, e.g. arch fc, lc or conv) with at least "
+                f"rule {type(self).__name__} needs a layered architecture (LayeredNet, e.g. arch fc, lc or conv) "
+                "with at least "
                 f"one hidden layer, got {type(model).__name__}; torchvision nets such as resnet18 have no "
                 "single chain of layers to send the output error to. Use fa or ss for those."
             )
