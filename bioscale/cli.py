@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from bioscale.errors import BioscaleError
+from bioscale.interrupts import Interrupted
 
 if TYPE_CHECKING:
     from bioscale.job import Job
@@ -29,6 +30,10 @@ out = Console()
 ResultsOpt = Annotated[Path, typer.Option("--results", help="Results directory.")]
 SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", help="Override a field of every job, e.g. --set train.epochs=2 (repeatable).")]
+MaxJobsOpt = Annotated[int | None, typer.Option(
+    "--max-jobs", min=1, metavar="N",
+    help="Refuse grids whose axes make more than N combinations (default 10,000): raise it to run a "
+         "grid that big on purpose.")]
 
 
 class Format(str, Enum):
@@ -64,10 +69,10 @@ def _options(plugin: Annotated[list[str] | None, typer.Option(
         load_plugins(plugin)
 
 
-def _expand(grid_file: Path, sets: list[str] | None) -> list[Job]:
+def _expand(grid_file: Path, sets: list[str] | None, max_jobs: int | None = None) -> list[Job]:
     from bioscale.runner import expand_grid
 
-    return expand_grid(grid_file, sets or [])[1]
+    return expand_grid(grid_file, sets or [], max_jobs=max_jobs)[1]
 
 
 @app.command()
@@ -75,24 +80,42 @@ def run(
     grid_file: Annotated[Path, typer.Argument(help="Grid YAML file.", metavar="GRID")],
     results: ResultsOpt = Path("results"),
     set_: SetOpt = None,
+    max_jobs: MaxJobsOpt = None,
     executor: Annotated[str | None, typer.Option(help="inline (default) or local (a process pool).")] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes for --executor local.")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads per job (torch.set_num_threads).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    lease_timeout: Annotated[float, typer.Option(
+        help="Seconds without a heartbeat after which another `bioscale run` (e.g. on another host sharing "
+             "the results directory) may take a job over and resume it.")] = 120.0,
 ) -> None:
-    """Run every job of GRID that is not already done; an interrupted grid resumes where it stopped."""
+    """Run every job of GRID that is not already done; an interrupted grid resumes where it stopped.
+
+    Any number of runs may share a results directory: each job is claimed by the process that trains it.
+    Ctrl-C or SIGTERM stops every job at once, keeps their finished epochs and exits 130 or 143."""
+    from bioscale.preflight import preflight
     from bioscale.progress import Display
     from bioscale.runner import choose_executor, plan, run_plan
 
-    planned = plan(grid_file, results, set_ or [])
-    runner = choose_executor(planned.grid, executor, workers, threads)
-    err.print(f"[bold]{escape(planned.grid.name)}[/]: {len(planned.jobs)} jobs, {planned.skipped} already "
-              f"finished, {len(planned.todo)} to run -> {escape(str(planned.results_dir))}")
+    planned = plan(grid_file, results, set_ or [], max_jobs=max_jobs)
+    runner = choose_executor(planned.grid, executor, workers, threads, lease_timeout)
+    preflight(planned)  # datasets, devices, results folder: one grouped error (exit 2) before anything starts
+    damaged = planned.store.damaged(planned.grid.name)
+    for _, job_id, problems in damaged[:10]:
+        err.print(f"damaged: {job_id}: {'; '.join(problems)}. It runs again from its last consistent point "
+                  "(damaged files are kept aside, never deleted).", markup=False, highlight=False, soft_wrap=True)
+    if len(damaged) > 10:
+        err.print(f"... and {len(damaged) - 10} more damaged jobs (`bioscale report` names them all).")
+    running = planned.running_elsewhere
+    elsewhere = f", {running} running elsewhere" if running else ""
+    err.print(f"[bold]{escape(planned.grid.name)}[/]: {len(planned.jobs)} jobs, {planned.skipped - running} "
+              f"already finished{elsewhere}, {len(planned.todo)} to run -> {escape(str(planned.results_dir))}")
     with Display(len(planned.todo), console=err, enabled=bool(planned.todo) and not quiet) as display:
         summary = run_plan(planned, runner, on_event=display)
     if not summary.results:
         return
-    err.print("finished: " + ", ".join(f"{n} {s}" for s, n in summary.counts.items()) +
+    names = {"running": "running elsewhere (left alone)"}
+    err.print("finished: " + ", ".join(f"{n} {names.get(s, s)}" for s, n in summary.counts.items()) +
               f". See `bioscale report --results {escape(str(results))} --grid {escape(summary.grid)}`.",
               highlight=False)
     if summary.failed:  # a script or pipeline must see it; diverged is a result, not a failure
@@ -116,6 +139,9 @@ def report(
     from bioscale.report import render
     from bioscale.runner import load_results
 
+    if results.exists() and not results.is_dir():
+        raise BioscaleError(f"--results {results} is a file; it must be the results folder that `bioscale run` "
+                            "wrote (its default is ./results), e.g. `bioscale report --results results`.")
     frame = load_results(results, grid)
     text = render(frame, format_.value, layout.value)
     if plots is not None:
@@ -135,9 +161,10 @@ def report(
 
 
 @grid_app.command("validate")
-def grid_validate(grid_file: Annotated[Path, typer.Argument(metavar="GRID")], set_: SetOpt = None) -> None:
+def grid_validate(grid_file: Annotated[Path, typer.Argument(metavar="GRID")], set_: SetOpt = None,
+                  max_jobs: MaxJobsOpt = None) -> None:
     """Check GRID: keys, types, names and rule x arch pairs. Nothing runs."""
-    jobs = _expand(grid_file, set_)
+    jobs = _expand(grid_file, set_, max_jobs)
     out.print(f"{grid_file}: valid, {len(jobs)} jobs.", markup=False, highlight=False)
 
 
@@ -145,12 +172,13 @@ def grid_validate(grid_file: Annotated[Path, typer.Argument(metavar="GRID")], se
 def grid_expand(
     grid_file: Annotated[Path, typer.Argument(metavar="GRID")],
     set_: SetOpt = None,
+    max_jobs: MaxJobsOpt = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the resolved jobs as JSON lines.")] = False,
 ) -> None:
     """List the jobs of GRID with their ids (as JSON lines with --json)."""
     import json
 
-    jobs = _expand(grid_file, set_)
+    jobs = _expand(grid_file, set_, max_jobs)
     for job in jobs:
         if json_:
             sys.stdout.write(json.dumps({"job_id": job.job_id, "grid": job.grid,
@@ -220,6 +248,9 @@ def main() -> None:
         err.print(f"[bold red]error:[/] {what} ({where}). Check the path and its permissions, or give another "
                   "one with --results/--output.", highlight=False, soft_wrap=True)
         sys.exit(2)
+    except Interrupted as exc:  # raised by `run` once every job has stopped and saved
+        err.print(exc.message or f"interrupted by {exc.name}.", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         err.print("interrupted: finished epochs are saved; run the same command again to resume.")
         sys.exit(130)

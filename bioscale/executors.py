@@ -7,15 +7,21 @@ running job; ``bioscale run`` on the same grid resumes it.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import queue
+import signal
+import threading
+import time
 from abc import ABC, abstractmethod
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from typing import Any
 
+from bioscale.claims import DEFAULT_TIMEOUT_S as DEFAULT_LEASE_TIMEOUT_S
 from bioscale.errors import BioscaleError
 from bioscale.events import Event, EventHandler, JobFinished, JobStarted, ignore
+from bioscale.interrupts import Interrupted
 from bioscale.job import Job
 from bioscale.spec import ExecutorSpec, JobResult
 from bioscale.store import Store
@@ -29,8 +35,12 @@ class Executor(ABC):
 
 
 class InlineExecutor(Executor):
-    def __init__(self, threads: int | None = None) -> None:
+    """This process, one job after the other. ``Interrupted`` (Ctrl-C, SIGTERM) stops the running job,
+    which records itself as resumable, and propagates."""
+
+    def __init__(self, threads: int | None = None, lease_timeout: float = DEFAULT_LEASE_TIMEOUT_S) -> None:
         self.threads = threads
+        self.lease_timeout = lease_timeout
 
     def run(self, jobs: list[Job], store: Store, on_event: EventHandler | None = None) -> list[JobResult]:
         from bioscale.train import run_job
@@ -44,16 +54,30 @@ class InlineExecutor(Executor):
         results = []
         for job in jobs:
             on_event(JobStarted(job.job_id, job.label, job.spec.train.epochs))
-            result = run_job(job, store, on_event)
+            result = run_job(job, store, on_event, self.lease_timeout)
             on_event(_finished(job, result))
             results.append(result)
         return results
 
 
 class LocalExecutor(Executor):
-    def __init__(self, workers: int | None = None, threads: int | None = None) -> None:
+    """A pool of worker processes on this machine (pebble's ``ProcessPool``): one job per slot, one slot per
+    GPU, else CPU slots that share the cores.
+
+    Isolation: a worker that dies (OOM killer, segfault) fails only its own job; pebble replaces it and the
+    other jobs go on (``concurrent.futures`` breaks the whole pool instead). The parent hands out at most one
+    job per slot, so nothing waits inside the pool when a stop signal comes: on ``Interrupted`` it sends
+    every worker SIGTERM (each records its job as resumable and releases its lease), waits up to
+    ``STOP_WAIT_S`` for them, and kills what is left. Workers watch their parent and stop if it dies.
+    """
+
+    STOP_WAIT_S = 8.0
+
+    def __init__(self, workers: int | None = None, threads: int | None = None,
+                 lease_timeout: float = DEFAULT_LEASE_TIMEOUT_S) -> None:
         self.workers = workers
         self.threads = threads
+        self.lease_timeout = lease_timeout
 
     def slots(self) -> tuple[int, int]:
         """(number of worker processes, GPUs); with GPUs, one worker per GPU."""
@@ -63,19 +87,21 @@ class LocalExecutor(Executor):
         workers = self.workers or gpus or max(1, (os.cpu_count() or 1) // 2)
         return workers, gpus
 
+    def threads_per_job(self, workers: int) -> int:
+        """Fixed by the executor's settings, never by how many jobs are left, so a resumed job computes
+        with the same thread count (and so the same numbers) as an uninterrupted one."""
+        return self.threads or max(1, (os.cpu_count() or 1) // workers)
+
     def run(self, jobs: list[Job], store: Store, on_event: EventHandler | None = None) -> list[JobResult]:
+        from pebble import ProcessExpired, ProcessPool
+
         from bioscale.catalog import plugins
 
         on_event = on_event or ignore
         workers, gpus = self.slots()
-        workers = max(1, min(workers, len(jobs)))
+        threads = self.threads_per_job(workers)
         ctx = mp.get_context("spawn")  # CUDA and fork do not mix
-        manager = ctx.Manager()
-        events = manager.Queue()
-        slots = manager.Queue()
-        for i in range(workers):
-            slots.put(i)
-        threads = self.threads or max(1, (os.cpu_count() or 1) // workers)
+        events = ctx.Queue()
         started: set[str] = set()
 
         def emit(event: Event) -> None:
@@ -84,27 +110,80 @@ class LocalExecutor(Executor):
             on_event(event)
 
         results: list[JobResult] = []
-        # spawned workers start from a fresh interpreter: they load the same --plugin modules as this one
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(slots, gpus, threads, events, plugins())) as pool:
-            pending = {pool.submit(_run_in_worker, job, str(store.root)): job for job in jobs}
-            while pending:
-                done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+        todo = list(jobs)
+        free = list(range(min(workers, len(jobs))))
+        running: dict[Any, tuple[Job, int]] = {}
+        pool = ProcessPool(max_workers=len(free), context=ctx, initializer=_init_worker,
+                           initargs=(events, plugins(), os.getpid()))
+        try:
+            while todo or running:
+                while todo and free:
+                    job, slot = todo.pop(0), free.pop(0)
+                    future = pool.schedule(_run_in_worker, args=(job, str(store.root), slot, gpus, threads,
+                                                                 self.lease_timeout))
+                    running[future] = (job, slot)
+                done, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
                 _drain(events, emit)  # a finished job's events are all queued before its result arrives
                 for future in done:
-                    job = pending.pop(future)
+                    job, slot = running.pop(future)
+                    free.append(slot)
                     try:
                         result = future.result()
-                    except Exception as exc:  # the worker process died (e.g. out of memory)
-                        result = JobResult(job_id=job.job_id, grid=job.grid, status="failed",
-                                           error=f"worker process died: {exc!r}")
-                        store.job_dir(job.grid, job.job_id).write_result(result)
+                    except ProcessExpired as exc:  # the worker died: this job fails, the pool goes on
+                        result = _worker_died(job, store, f"worker process died ({_exit_reason(exc.exitcode)})")
+                    except Exception as exc:
+                        result = _worker_died(job, store, f"worker error: {type(exc).__name__}: {exc}")
                     if job.job_id not in started:  # died before it could say so: keep the event order
                         emit(JobStarted(job.job_id, job.label, job.spec.train.epochs))
                     on_event(_finished(job, result))
                     results.append(result)
-        manager.shutdown()
+        except Interrupted:
+            self._stop(pool, events, emit)
+            raise
+        finally:
+            pool.close()
+            pool.stop()
+            pool.join(timeout=self.STOP_WAIT_S)
         return results
+
+    def _stop(self, pool: Any, events: Any, emit: EventHandler) -> None:
+        """SIGTERM every worker at once (each records and releases its job), wait, then let pebble kill."""
+        import psutil
+
+        procs = psutil.Process().children()
+        workers = [p for p in procs if _is_worker(p)]
+        for proc in workers:
+            with contextlib.suppress(psutil.Error):
+                proc.send_signal(signal.SIGTERM)
+        psutil.wait_procs(workers, timeout=self.STOP_WAIT_S)
+        _drain(events, emit)
+
+
+def _is_worker(proc: Any) -> bool:
+    """Our pool's workers, not the multiprocessing resource tracker."""
+    import psutil
+
+    try:
+        return "resource_tracker" not in " ".join(proc.cmdline())
+    except psutil.Error:
+        return False
+
+
+def _exit_reason(code: int | None) -> str:
+    if code is not None and code < 0:
+        return f"killed by {signal.Signals(-code).name}, e.g. the out-of-memory killer"
+    return f"exit code {code}"
+
+
+def _worker_died(job: Job, store: Store, error: str) -> JobResult:
+    """Record the job of a dead worker as failed (its finished epochs stay on disk; a re-run resumes)."""
+    jdir = store.job_dir(job.grid, job.job_id)
+    previous = jdir.read_result()
+    epochs = previous.epochs if previous is not None else 0
+    result = JobResult(job_id=job.job_id, grid=job.grid, status="failed", epochs=epochs, error=error)
+    with contextlib.suppress(OSError):
+        jdir.write_result(result)
+    return result
 
 
 def _finished(job: Job, result: JobResult) -> JobFinished:
@@ -112,51 +191,103 @@ def _finished(job: Job, result: JobResult) -> JobFinished:
 
 
 _EVENTS: Any = None
+_STOPPING = False
+_IN_JOB = False
 
 
-def _init_worker(slots: Any, gpus: int, threads: int, events: Any, plugins: list[str]) -> None:
+def _init_worker(events: Any, plugins: list[str], parent: int) -> None:
+    """In each worker: events queue, plugins, stop signals, and a watch on the parent."""
     global _EVENTS
-    import torch
-
     from bioscale.catalog import load_plugins
 
-    slot = slots.get()
+    _EVENTS = events
+    if plugins:
+        load_plugins(plugins)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the parent, which stops us
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    threading.Thread(target=_watch_parent, args=(parent,), name="watch-parent", daemon=True).start()
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    """Stop: inside a job, raise ``Interrupted`` (the job records itself as resumable and releases its
+    lease, then the worker exits); between jobs, exit at once. Later signals are ignored."""
+    global _STOPPING
+    if _STOPPING:
+        return
+    _STOPPING = True
+    if _IN_JOB:
+        raise Interrupted(signum)
+    os._exit(128 + signum)
+
+
+def _watch_parent(parent: int) -> None:
+    """If the parent dies (kill -9), stop like on SIGTERM: nothing keeps training orphaned."""
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+
+
+def _run_in_worker(job: Job, root: str, slot: int, gpus: int, threads: int, lease_timeout: float) -> JobResult:
+    global _IN_JOB
+    import torch
+
+    from bioscale.train import run_job
+
     if gpus:
         torch.cuda.set_device(slot % gpus)
     torch.set_num_threads(threads)
-    if plugins:
-        load_plugins(plugins)
-    _EVENTS = events
-
-
-def _run_in_worker(job: Job, root: str) -> JobResult:
-    from bioscale.train import run_job
-
     put = _EVENTS.put if _EVENTS is not None else None
-    if put is not None:
-        put(JobStarted(job.job_id, job.label, job.spec.train.epochs))
-    return run_job(job, Store(root), put)
+    _IN_JOB = True
+    try:
+        if _STOPPING:
+            raise Interrupted(signal.SIGTERM)
+        if put is not None:
+            put(JobStarted(job.job_id, job.label, job.spec.train.epochs))
+        return run_job(job, Store(root), put, lease_timeout)
+    except Interrupted as exc:  # the job is recorded and its lease released: go now
+        # Progress events still buffered are dropped: flushing them could block forever on a full pipe
+        # whose reader (a killed parent) is gone; the parent reports the job from the store.
+        os._exit(exc.exit_code)
+    finally:
+        _IN_JOB = False
 
 
 def _drain(events: Any, on_event: EventHandler) -> None:
     while True:
         try:
             event = events.get_nowait()
-        except queue.Empty:
+        except (queue.Empty, OSError, EOFError):
             return
         on_event(event)
 
 
-def make_executor(spec: ExecutorSpec | None) -> Executor:
+EXECUTOR_PARAMS: dict[str, set[str]] = {"inline": {"threads"}, "local": {"workers", "threads"}}
+"""Each executor's name and the parameters it takes: the one list grid validation and the CLI check."""
+
+
+def executor_problem(spec: ExecutorSpec) -> str | None:
+    """Why ``spec`` names no usable executor (None: it is fine). Torch-free, for validation."""
+    allowed = EXECUTOR_PARAMS.get(spec.name)
+    if allowed is None:
+        return (f"Unknown executor {spec.name!r}. Use one of {', '.join(EXECUTOR_PARAMS)}: 'inline' (this "
+                "process) or 'local' (a pool of worker processes: --executor local --workers N).")
+    extra = set(spec.params) - allowed
+    if extra:
+        return f"executor {spec.name!r} takes the parameters {sorted(allowed)}, not {sorted(extra)}."
+    for key, value in spec.params.items():  # workers, threads: a grid file could hold any YAML value
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            return f"executor {spec.name!r}: {key} is a positive integer (or null: the default), not {value!r}."
+    return None
+
+
+def make_executor(spec: ExecutorSpec | None, lease_timeout: float = DEFAULT_LEASE_TIMEOUT_S) -> Executor:
     """``threads`` (both) is torch's CPU threads per job; ``workers`` (local) the number of processes."""
     spec = spec or ExecutorSpec(name="inline")
-    allowed = {"inline": {"threads"}, "local": {"workers", "threads"}}.get(spec.name)
-    if allowed is not None and set(spec.params) - allowed:
-        raise BioscaleError(f"executor {spec.name!r} takes the parameters {sorted(allowed)}, not "
-                            f"{sorted(set(spec.params) - allowed)}.")
-    if spec.name == "inline":
-        return InlineExecutor(spec.params.get("threads"))
+    problem = executor_problem(spec)
+    if problem:
+        raise BioscaleError(problem)
     if spec.name == "local":
-        return LocalExecutor(spec.params.get("workers"), spec.params.get("threads"))
-    raise BioscaleError(f"Unknown executor {spec.name!r}. Use 'inline' (this process) or 'local' "
-                        "(a pool of worker processes: --executor local --workers N).")
+        return LocalExecutor(spec.params.get("workers"), spec.params.get("threads"), lease_timeout)
+    return InlineExecutor(spec.params.get("threads"), lease_timeout)

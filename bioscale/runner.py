@@ -19,9 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bioscale import interrupts
+from bioscale.claims import DEFAULT_TIMEOUT_S as DEFAULT_LEASE_TIMEOUT_S
 from bioscale.errors import BioscaleError
 from bioscale.events import EventHandler
 from bioscale.executors import Executor, make_executor
+from bioscale.interrupts import Interrupted
 from bioscale.job import Job
 from bioscale.spec import ExecutorSpec, GridSpec, JobResult
 from bioscale.store import Store
@@ -52,6 +55,13 @@ class Plan:
     def results_dir(self) -> Path:
         return self.store.root / self.grid.name
 
+    @property
+    def running_elsewhere(self) -> int:
+        """Jobs left alone because another process holds them (a live lease)."""
+        waiting = {job.job_id for job in self.todo}
+        return sum(self.store.job_dir(j.grid, j.job_id).status() == "running"
+                   for j in self.jobs if j.job_id not in waiting)
+
 
 @dataclass
 class RunSummary:
@@ -75,11 +85,12 @@ class RunSummary:
         return [r for r in self.results if r.status == "failed"]
 
 
-def expand_grid(grid: str | Path | GridSpec, overrides: list[str] | str | Mapping[str, Any] | None = None
-                ) -> tuple[GridSpec, list[Job]]:
+def expand_grid(grid: str | Path | GridSpec, overrides: list[str] | str | Mapping[str, Any] | None = None, *,
+                max_jobs: int | None = None) -> tuple[GridSpec, list[Job]]:
     """Load and validate ``grid`` (a YAML path or a ``GridSpec``) and expand it into its jobs, with
     ``overrides`` (``["train.epochs=2"]`` or ``{"train.epochs": 2}``) applied to every job. Raises
-    ``BioscaleError`` on invalid input. Reads nothing but the grid, writes nothing."""
+    ``BioscaleError`` on invalid input, and when the axes make more than ``max_jobs`` combinations (default
+    ``bioscale.grid.DEFAULT_MAX_JOBS``, 10,000). Reads nothing but the grid, writes nothing."""
     from bioscale.grid import expand, load_grid, parse_set
 
     if isinstance(grid, GridSpec):
@@ -90,20 +101,22 @@ def expand_grid(grid: str | Path | GridSpec, overrides: list[str] | str | Mappin
         sets = dict(overrides)
     else:
         sets = parse_set([overrides] if isinstance(overrides, str) else list(overrides or []))
-    return spec, expand(spec, sets, source=source)
+    return spec, expand(spec, sets, source=source, max_jobs=max_jobs)
 
 
 def plan(grid: str | Path | GridSpec, results: str | Path = "results",
-         overrides: list[str] | str | Mapping[str, Any] | None = None) -> Plan:
-    """``expand_grid``, then find the jobs not finished in ``results``. Writes nothing."""
-    spec, jobs = expand_grid(grid, overrides)
+         overrides: list[str] | str | Mapping[str, Any] | None = None, *, max_jobs: int | None = None) -> Plan:
+    """``expand_grid``, then find the jobs not finished in ``results``. Writes nothing (``bioscale run``
+    then checks the plan with ``bioscale.preflight.preflight`` before it starts anything)."""
+    spec, jobs = expand_grid(grid, overrides, max_jobs=max_jobs)
     store = Store(results)
     todo = [job for job in jobs if store.job_dir(job.grid, job.job_id).status() in RUNNABLE]
     return Plan(spec, jobs, todo, store)
 
 
 def choose_executor(grid: GridSpec, executor: str | ExecutorSpec | Executor | None = None,
-                    workers: int | None = None, threads: int | None = None) -> Executor:
+                    workers: int | None = None, threads: int | None = None,
+                    lease_timeout: float = DEFAULT_LEASE_TIMEOUT_S) -> Executor:
     """The executor for a run: the grid's ``executor:`` entry, replaced by ``executor`` where given, with
     ``workers``/``threads`` on top (``workers`` alone means a local pool). Unknown names and parameters
     raise ``BioscaleError`` before anything is written."""
@@ -118,37 +131,88 @@ def choose_executor(grid: GridSpec, executor: str | ExecutorSpec | Executor | No
         params = dict(spec.params) if spec and spec.name == name else {}
         params.update({k: v for k, v in (("workers", workers), ("threads", threads)) if v is not None})
         spec = ExecutorSpec(name=name, params=params)
-    return make_executor(spec)
+    return make_executor(spec, lease_timeout)
 
 
 def run_plan(planned: Plan, executor: str | ExecutorSpec | Executor | None = None, *, workers: int | None = None,
-             threads: int | None = None, on_event: EventHandler | None = None) -> RunSummary:
+             threads: int | None = None, on_event: EventHandler | None = None,
+             lease_timeout: float = DEFAULT_LEASE_TIMEOUT_S) -> RunSummary:
     """Run the plan's jobs still to run. Every job's spec is recorded first, so the report lists the whole
-    grid (pending jobs included) while it runs. A failed job is recorded and the others go on."""
-    runner = choose_executor(planned.grid, executor, workers, threads)
+    grid (pending jobs included) while it runs. A failed job is recorded and the others go on; so is a job
+    whose directory cannot be written. Each job is claimed (``bioscale.claims``) by the process that trains
+    it, so concurrent runs on one store never train a job twice.
+
+    SIGINT and SIGTERM raise ``Interrupted`` (with a one-line ``message`` on what was saved) after every
+    running job has stopped, recorded itself as resumable and released its claim."""
+    runner = choose_executor(planned.grid, executor, workers, threads, lease_timeout)
+    todo, unwritable = [], []
+    waiting = {job.job_id for job in planned.todo}
     for job in planned.jobs:
-        planned.store.job_dir(job.grid, job.job_id).write_spec(job.grid, job.spec)
-    done = runner.run(planned.todo, planned.store, on_event) if planned.todo else []
-    return RunSummary(planned.grid.name, planned.results_dir, planned.jobs, planned.skipped, done)
+        try:
+            planned.store.job_dir(job.grid, job.job_id).write_spec(job.grid, job.spec)
+        except OSError as exc:
+            if job.job_id in waiting:
+                unwritable.append(_unwritable(job, exc))
+            continue
+        if job.job_id in waiting:
+            todo.append(job)
+    with interrupts.raising():
+        try:
+            done = runner.run(todo, planned.store, on_event) if todo else []
+        except Interrupted as exc:
+            exc.message = interrupted_message(exc, planned)
+            raise
+    return RunSummary(planned.grid.name, planned.results_dir, planned.jobs, planned.skipped, unwritable + done)
+
+
+def _unwritable(job: Job, exc: OSError) -> JobResult:
+    return JobResult(job_id=job.job_id, grid=job.grid, status="failed",
+                     error=f"cannot write the job's directory: {exc.strerror or exc} ({exc.filename}). Check the "
+                           "results directory's permissions and free space, then run the same command again.")
+
+
+def interrupted_message(exc: Interrupted, planned: Plan) -> str:
+    """One line: what the interrupt left on disk and how to resume."""
+    saved = []
+    for job in planned.todo:
+        jdir = planned.store.job_dir(job.grid, job.job_id)
+        result = jdir.read_result()
+        if result is not None and result.status == "pending" and result.epochs:
+            saved.append(result.epochs)
+    unfinished = sum(planned.store.job_dir(j.grid, j.job_id).status() not in ("done", "diverged", "failed")
+                     for j in planned.todo)
+    kept = f"; {len(saved)} of them keep {sum(saved)} finished epochs" if saved else ""
+    return (f"interrupted by {exc.name}: {unfinished} unfinished job(s) left resumable{kept}, none recorded "
+            f"as failed. Run the same command to resume.")
 
 
 def run_grid(grid: str | Path | GridSpec, results: str | Path = "results",
              overrides: list[str] | str | Mapping[str, Any] | None = None,
              executor: str | ExecutorSpec | Executor | None = None, *, workers: int | None = None,
              threads: int | None = None, on_event: EventHandler | None = None,
-             plugins: list[str] | None = None) -> RunSummary:
+             plugins: list[str] | None = None, lease_timeout: float = DEFAULT_LEASE_TIMEOUT_S,
+             preflight: bool = True) -> RunSummary:
     """Run every job of ``grid`` that is not finished in ``results``; a second call resumes or does nothing.
 
     ``executor``: ``"inline"`` (this process, the default), ``"local"`` (a process pool), an ``ExecutorSpec``
     or an ``Executor``; ``on_event`` receives ``bioscale.events`` (e.g. a ``bioscale.progress.Display``);
-    ``plugins``: modules or ``.py`` paths that register components, loaded first. Bad input raises
+    ``plugins``: modules or ``.py`` paths that register components, loaded first. Bad input, and with
+    ``preflight`` a missing dataset, device or unwritable results folder (``bioscale.preflight``), raises
     ``BioscaleError`` before anything runs; a failing job does not raise (see ``RunSummary.failed``).
+    ``lease_timeout``: seconds without a heartbeat before another host may take a job over. SIGINT/SIGTERM
+    raise ``bioscale.interrupts.Interrupted`` once every job has stopped and saved.
     """
     if plugins:
         from bioscale.catalog import load_plugins
 
         load_plugins(plugins)
-    return run_plan(plan(grid, results, overrides), executor, workers=workers, threads=threads, on_event=on_event)
+    planned = plan(grid, results, overrides)
+    runner = choose_executor(planned.grid, executor, workers, threads, lease_timeout)  # refused before preflight
+    if preflight:
+        from bioscale.preflight import preflight as check
+
+        check(planned)
+    return run_plan(planned, runner, on_event=on_event)
 
 
 def load_results(results: str | Path = "results", grid: str | GridSpec | None = None) -> pd.DataFrame:

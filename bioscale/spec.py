@@ -5,17 +5,47 @@ Every model forbids unknown keys, so a misspelt key in a grid is an error, never
 
 from __future__ import annotations
 
-import hashlib
-import json
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 
 Status = Literal["done", "failed", "diverged", "running", "pending"]
 
+SEED_MAX = 2**32 - 1
+"""Largest job seed. torch.manual_seed takes 0 .. 2**64-1 (a negative seed wraps around to a large one, so
+it would silently alias another seed), and the loaders derive each epoch's seed as seed * 1_000_003 + epoch,
+which must stay inside torch's range: 2**32 - 1 keeps it there with room for any number of epochs (and is
+numpy's seed range too)."""
+
+DEVICE_PATTERN = re.compile(r"auto|(cpu|cuda|mps|xpu)(:\d+)?")
+DEVICES_ALLOWED = "auto, cpu, cuda, cuda:N, mps or xpu"
+
+
+def _check_seed(seed: int) -> int:
+    if not 0 <= seed <= SEED_MAX:
+        raise ValueError(f"a seed is an integer from 0 to {SEED_MAX} (2**32 - 1): torch refuses larger seeds "
+                         "once bioscale derives per-epoch seeds from them, and a negative seed would alias "
+                         "a large one")
+    return seed
+
+
+def _check_device(device: str) -> str:
+    if not DEVICE_PATTERN.fullmatch(device):
+        raise ValueError(f"train.device is one of {DEVICES_ALLOWED} (N: the GPU's index)")
+    return device
+
+
+Seed = Annotated[int, AfterValidator(_check_seed)]
+Device = Annotated[str, AfterValidator(_check_device)]
+
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """Base of every input model. ``allow_inf_nan=False``: a nan or inf lr, eps, momentum or rule parameter
+    (``.nan`` in YAML, ``--set optim.lr=inf``) is a validation error naming the key, not a silently broken
+    run; output records that may hold a diverged loss (``EpochMetrics``, ``JobResult``) allow them again."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Component(Strict):
@@ -72,7 +102,7 @@ class TrainSpec(Strict):
     eval_batch_size: PositiveInt = 1000
     train_error: Literal["eval", "running"] = "eval"
     """``eval``: a clean pass over the training set each epoch; ``running``: errors seen while training."""
-    device: str = "auto"
+    device: Device = "auto"
     amp: bool = False
     """bfloat16 autocast on CUDA; ignored on the CPU."""
     compile: bool = False
@@ -83,7 +113,8 @@ class TrainSpec(Strict):
 
 
 # Fields that say where or how fast a job runs, not what it computes: they stay out of the job id, so
-# the same grid run on a laptop and on a cluster shares its results.
+# the same grid run on a laptop and on a cluster shares its results. A field that changes what a job
+# computes belongs in the id instead: add it with `bioscale.ids.added(...)` so existing ids stay valid.
 RUNTIME_FIELDS: dict[str, set[str]] = {"train": {"device", "eval_batch_size", "num_workers", "checkpoint"}}
 
 
@@ -94,13 +125,14 @@ class JobSpec(Strict):
     optim: OptimSpec = Field(default_factory=OptimSpec)
     inverse_optim: OptimSpec | None = None
     train: TrainSpec = Field(default_factory=TrainSpec)
-    seed: int = 0
+    seed: Seed = 0
 
     def job_id(self) -> str:
-        """A short hash of the resolved job: stable across runs, machines and key order."""
-        data = self.model_dump(mode="json", exclude=RUNTIME_FIELDS)
-        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
+        """A short hash of the resolved job: stable across runs, machines, key order and upgrades that add a
+        parameter with ``bioscale.ids.added`` (see ``bioscale.ids``)."""
+        from bioscale.ids import job_id  # ids reads the catalog, whose modules import this one
+
+        return job_id(self)
 
 
 class Override(Strict):
@@ -113,7 +145,8 @@ class ExecutorSpec(Component):
 
 
 class GridSpec(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
+    """A folder name under the results directory: letters, digits, ``_.-``, at most 100 characters."""
     description: str = ""
     base: dict[str, Any]
     axes: dict[str, list[Any]] | list[dict[str, list[Any]]] = Field(default_factory=dict)
@@ -139,6 +172,8 @@ class Provenance(Strict):
 class EpochMetrics(Strict):
     """One line of ``metrics.jsonl``."""
 
+    model_config = ConfigDict(allow_inf_nan=True)  # a diverged epoch records its nan/inf loss
+
     epoch: int
     train_loss: float
     train_error: float
@@ -152,6 +187,8 @@ class EpochMetrics(Strict):
 
 class JobResult(Strict):
     """``result.json``: the outcome of one job. Errors are in %, as the papers report them."""
+
+    model_config = ConfigDict(allow_inf_nan=True)  # an outcome is recorded as it was, nan included
 
     job_id: str
     grid: str

@@ -7,8 +7,10 @@ epochs"); ``epoch_time_s`` is the median time of the training passes of one epoc
 
 from __future__ import annotations
 
+import copy
 import math
 import random
+import re
 import statistics
 import time
 import traceback
@@ -18,21 +20,47 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from bioscale import claims
+from bioscale.checkpoint import CheckpointError, UnsafeCheckpoint, load_checkpoint
 from bioscale.data import LoaderSettings, load_data
 from bioscale.data.base import DataBundle
 from bioscale.events import JobProgress
+from bioscale.interrupts import Interrupted
 from bioscale.job import Job
 from bioscale.models import build_model
 from bioscale.provenance import collect, now
 from bioscale.rules import Rule, build_rule
 from bioscale.spec import EpochMetrics, JobResult, JobSpec
-from bioscale.store import JobDir, Store, atomic_write
+from bioscale.store import METRICS, JobDir, Store, atomic_write
 
 ProgressFn = Callable[[JobProgress], None]
 
 
 class Diverged(Exception):
-    """The training loss became NaN or infinite."""
+    """The training loss became NaN or infinite, or training raised because its numbers overflowed (e.g. an
+    lr of 1e300: "value cannot be converted to type float without overflow"). Divergence is a result of the
+    setting, recorded as ``diverged``; a finite loss, however large, is not divergence."""
+
+
+_OVERFLOW = re.compile(r"overflow|non-?finite|\b(nan|inf|infinity)\b", re.IGNORECASE)
+
+
+def overflowed(exc: BaseException, model: nn.Module | None = None) -> bool:
+    """Whether ``exc``, raised while training, means the numbers blew up rather than a bug: an
+    ``OverflowError`` or ``FloatingPointError``, a ``RuntimeError`` that says so (torch's "... without
+    overflow", "... nan/inf ..."), or any ``RuntimeError`` once the model's parameters are no longer finite."""
+    if isinstance(exc, (OverflowError, FloatingPointError)):
+        return True
+    if not isinstance(exc, RuntimeError) or isinstance(exc, torch.OutOfMemoryError):
+        return False
+    if _OVERFLOW.search(str(exc)):
+        return True
+    if model is None:
+        return False
+    try:
+        return any(not bool(torch.isfinite(p).all()) for p in model.parameters())
+    except Exception:  # the device itself is in an error state: not evidence of divergence
+        return False
 
 
 def resolve_device(name: str) -> torch.device:
@@ -49,18 +77,60 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
-def run_job(job: Job, store: Store, on_progress: ProgressFn | None = None) -> JobResult:
-    """Run (or resume) one job and record its outcome; a failure is recorded, never raised."""
+class LeaseLost(Exception):
+    """Another process took the job over (this one's heartbeat stalled past the lease timeout)."""
+
+
+def run_job(job: Job, store: Store, on_progress: ProgressFn | None = None,
+            lease_timeout: float = claims.DEFAULT_TIMEOUT_S) -> JobResult:
+    """Claim, run (or resume) and record one job.
+
+    A failure is recorded, never raised, so the other jobs go on; so is a job directory that cannot be
+    written. A job another process holds is left alone (returned as ``running``, nothing written). An
+    interrupt (``Interrupted``) leaves the job resumable: its finished epochs are saved, it is recorded as
+    ``pending`` with a note, its lease is released, and the interrupt is raised again.
+    """
     jdir = store.job_dir(job.grid, job.job_id)
-    jdir.write_spec(job.grid, job.spec)
+    try:
+        claim = claims.acquire(jdir.path, lease_timeout)
+    except OSError as exc:
+        return _unwritable(job, exc)
+    if claim is None:
+        holder = claims.live_lease(jdir.path)
+        where = f" (pid {holder.pid} on {holder.host})" if holder else ""
+        return JobResult(job_id=job.job_id, grid=job.grid, status="running",
+                         error=f"held by another process{where}; left alone")
+    with claim:
+        return _run_claimed(job, jdir, claim, on_progress)
+
+
+def _run_claimed(job: Job, jdir: JobDir, claim: claims.Claim, on_progress: ProgressFn | None) -> JobResult:
+    jdir.clean_temporary()  # what a kill left behind; safe now that this process holds the job
+    previous = jdir.finished()
+    if previous is not None:
+        claim.note = "already finished"
+        return previous  # finished by another process between planning and claiming
     provenance = collect()
-    jdir.write_result(JobResult(job_id=job.job_id, grid=job.grid, status="running", provenance=provenance))
-    trainer = Trainer(job, jdir, on_progress)
+    try:
+        jdir.write_spec(job.grid, job.spec)
+        jdir.write_result(JobResult(job_id=job.job_id, grid=job.grid, status="running", provenance=provenance))
+    except OSError as exc:
+        return _unwritable(job, exc)
+    trainer = Trainer(job, jdir, on_progress, owns=lambda: not claim.lost)
+    interrupted: Interrupted | None = None
     try:
         result = trainer.fit()
     except Diverged as exc:
         result = trainer.partial_result("diverged")
         result.error = str(exc)
+    except LeaseLost:
+        return JobResult(job_id=job.job_id, grid=job.grid, status="running",
+                         error="another process took this job over; this one stopped without writing")
+    except Interrupted as exc:  # resumable, not failed: the finished epochs are on disk
+        interrupted = exc
+        result = trainer.partial_result("pending")
+        result.error = (f"interrupted by {exc.name} after {len(trainer.metrics)} of {job.spec.train.epochs} "
+                        "epochs (all saved); run the same command to resume")
     except Exception as exc:  # recorded as failed; the other jobs go on
         result = trainer.partial_result("failed")
         tb = traceback.format_exc(limit=-3)
@@ -72,13 +142,30 @@ def run_job(job: Job, store: Store, on_progress: ProgressFn | None = None) -> Jo
     provenance.finished_at = now()
     result.provenance = provenance
     result.wall_time_s = trainer.wall_time()
-    jdir.write_result(result)
+    try:
+        jdir.write_result(result)
+    except OSError as exc:
+        result = _unwritable(job, exc)
+    claim.note = f"{result.status}, {result.epochs} epochs" + (f" ({interrupted.name})" if interrupted else "")
+    if interrupted is not None:
+        raise interrupted
     return result
 
 
+def _unwritable(job: Job, exc: OSError) -> JobResult:
+    """The job's directory cannot be written: this job fails (said in its result), the others go on."""
+    what = f"{exc.strerror or exc} ({exc.filename})" if exc.filename else str(exc)
+    return JobResult(job_id=job.job_id, grid=job.grid, status="failed",
+                     error=f"cannot write the job's directory: {what}. Check the results directory's "
+                           "permissions and free space, then run the same command again.")
+
+
 class Trainer:
-    def __init__(self, job: Job, jdir: JobDir, on_progress: ProgressFn | None = None) -> None:
+    def __init__(self, job: Job, jdir: JobDir, on_progress: ProgressFn | None = None,
+                 owns: Callable[[], bool] | None = None) -> None:
         self.job = job
+        self.owns = owns
+        """False once another process took the job over: then nothing more may be written."""
         self.spec: JobSpec = job.spec
         self.jdir = jdir
         self.on_progress = on_progress
@@ -117,7 +204,12 @@ class Trainer:
         start = self.restore(model, rule)
         train = self.spec.train
         for epoch in range(start, train.epochs):
-            train_time, train_loss, running_error = self.train_epoch(epoch, data, model, rule)
+            try:
+                train_time, train_loss, running_error = self.train_epoch(epoch, data, model, rule)
+            except (OverflowError, FloatingPointError, RuntimeError) as exc:
+                if not overflowed(exc, model):
+                    raise
+                raise Diverged(f"training overflowed in epoch {epoch + 1}: {type(exc).__name__}: {exc}") from exc
             if not math.isfinite(train_loss):
                 raise Diverged(f"training loss is {train_loss} in epoch {epoch + 1}")
             test_error, top5, test_loss = evaluate(model, data.test, rule)
@@ -133,6 +225,8 @@ class Trainer:
                 epoch=epoch + 1, train_loss=train_loss, train_error=train_error, test_error=test_error,
                 test_loss=test_loss, top5_error=top5, epoch_time_s=train_time, lr=rule.current_lr(),
                 diagnostics=diagnostics))
+            if self.owns is not None and not self.owns():
+                raise LeaseLost(f"lease on {self.jdir.path} lost in epoch {epoch + 1}")
             self.jdir.write_metrics(self.metrics)
             if train.checkpoint:
                 self.save(model, rule, epoch + 1)
@@ -181,6 +275,8 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------------------------
     def save(self, model: nn.Module, rule: Rule, epochs_done: int) -> None:
+        """Write the state to resume from. Only tensors and plain data (what ``bioscale.checkpoint.KEYS``
+        lists), so ``restore`` can read it with the safe loader."""
         state = {
             "epochs_done": epochs_done,
             "model": model.state_dict(),
@@ -193,32 +289,93 @@ class Trainer:
         atomic_write(self.jdir.checkpoint, lambda f: torch.save(state, f))
 
     def restore(self, model: nn.Module, rule: Rule) -> int:
-        """Resume from the last checkpoint; returns the number of epochs already done."""
-        path = self.jdir.checkpoint
-        if not path.exists():
-            return 0
-        try:
-            state: dict[str, Any] = torch.load(path, map_location=self.device, weights_only=False)
-            model.load_state_dict(state["model"])
-            rule.load_state_dict(state["rule"])
-        except Exception as exc:  # a torn or foreign file: keep it (and the metrics) aside, start over
-            kept = self.jdir.set_aside(f"unreadable checkpoint ({type(exc).__name__}: {exc})")
-            self.restart_note = f"restarted from epoch 0: the checkpoint could not be read; kept as {kept}"
-            return 0
+        """Resume from the last consistent point; returns the number of epochs already done.
+
+        That is the checkpoint's epoch when the checkpoint loads with the safe loader (a crafted pickle is
+        refused, never run), holds everything ``save`` writes, and metrics.jsonl has consistent lines for all
+        its epochs. Otherwise the checkpoint and metrics are set aside (never deleted) and the job starts from
+        epoch 0 exactly as a fresh one would: a checkpoint ahead of its metrics cannot give back the model of
+        the last epoch that has metrics. Damaged metrics lines after the checkpoint's epochs are set aside and
+        the consistent ones kept. ``restart_note`` says what was done, for the job's result."""
+        self.jdir.clean_temporary()  # leftovers of a kill; the job is ours now
+        notes = list(self.jdir.notes)  # a damaged spec.json or result.json kept aside when the job started
+        rows, problems = self.jdir.scan_metrics()
+        done = 0
+        if self.jdir.checkpoint.exists():
+            fresh = self._snapshot(model, rule)
+            try:
+                done = self._load(model, rule, len(rows), problems)
+            except Exception as exc:  # nothing from the file stays in the model: start over as a fresh job
+                self._rewind(fresh, model, rule)
+                done = 0
+                how, why = _checkpoint_problem(exc)
+                kept = self.jdir.set_aside(f"checkpoint {how} ({why}); the job restarted from epoch 0")
+                notes.append(f"restarted from epoch 0: the checkpoint {how} ({why}); kept as {kept}")
+        if done:
+            self.metrics = rows[:done]
+            if problems:  # lines past the checkpoint's epochs are damaged: keep the file aside, the good part here
+                kept = self.jdir.set_aside(f"{'; '.join(problems)}; resumed from epoch {done}", names=(METRICS,))
+                self.jdir.write_metrics(self.metrics)
+                notes.append(f"resumed from epoch {done} (the checkpoint's): {'; '.join(problems)}; kept as {kept}")
+        else:
+            self.metrics = []
+            if problems and (self.jdir.path / METRICS).exists():
+                kept = self.jdir.set_aside(f"{'; '.join(problems)}; the job restarted from epoch 0", names=(METRICS,))
+                notes.append(f"restarted from epoch 0: {'; '.join(problems)}; kept as {kept}")
+        self.restart_note = "\n".join(notes) or None
+        return done
+
+    def _load(self, model: nn.Module, rule: Rule, consistent: int, problems: list[str]) -> int:
+        """Apply the checkpoint if it is consistent with ``consistent`` epochs of metrics; raise otherwise."""
+        state = load_checkpoint(self.jdir.checkpoint, self.device)
+        done = int(state["epochs_done"])
+        if done > self.spec.train.epochs:
+            raise _Mismatch(f"it is at epoch {done} but the job has {self.spec.train.epochs} epochs")
+        if done > consistent:
+            why = f": {'; '.join(problems)}" if problems else ""
+            raise _Mismatch(f"it is at epoch {done} but metrics.jsonl holds {consistent} consistent epochs{why}")
+        model.load_state_dict(state["model"])
+        rule.load_state_dict(state["rule"])
         torch.set_rng_state(state["torch_rng"].cpu())
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
         random.setstate(state["python_rng"])
         self.previous_wall_time = float(state["wall_time_s"])
-        done = int(state["epochs_done"])
-        self.metrics = [m for m in self.jdir.read_metrics() if m.epoch <= done]
         return done
+
+    @staticmethod
+    def _snapshot(model: nn.Module, rule: Rule) -> dict[str, Any]:
+        """The freshly built state, to go back to if applying a checkpoint fails half way (kept on the CPU, so
+        a model that fills the GPU does not need twice its memory there)."""
+        return {"model": {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()},
+                "rule": copy.deepcopy(rule.state_dict()), "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "python_rng": random.getstate()}
+
+    def _rewind(self, fresh: dict[str, Any], model: nn.Module, rule: Rule) -> None:
+        model.load_state_dict(fresh["model"])
+        rule.load_state_dict(fresh["rule"])
+        torch.set_rng_state(fresh["torch_rng"])
+        if fresh["cuda_rng"]:
+            torch.cuda.set_rng_state_all(fresh["cuda_rng"])
+        random.setstate(fresh["python_rng"])
+        self.previous_wall_time = 0.0
 
     # -- results -----------------------------------------------------------------------------------------
     def partial_result(self, status: str) -> JobResult:
-        """The result from the epochs done so far (also for failed and diverged jobs)."""
+        """The result from the epochs done so far (also for failed, diverged and interrupted jobs).
+
+        ``done`` is recorded only when the metrics are exactly epochs 1..E; otherwise the result is ``failed``
+        with the reason (a re-run redoes the missing epochs), so no job is ever done with epochs missing."""
         m = self.metrics
-        result = JobResult(job_id=self.job.job_id, grid=self.job.grid, status=status, epochs=len(m))  # type: ignore[arg-type]
+        error = None
+        epochs = [r.epoch for r in m]
+        if status == "done" and epochs != list(range(1, self.spec.train.epochs + 1)):
+            status = "failed"
+            error = (f"not recorded as done: the metrics hold epochs {_ranges(epochs) or 'none'} of "
+                     f"1-{self.spec.train.epochs}; run again to redo the missing ones")
+        result = JobResult(job_id=self.job.job_id, grid=self.job.grid, status=status, epochs=len(m),  # type: ignore[arg-type]
+                           error=error)
         if m:
             best = min(m, key=lambda r: r.test_error)
             result.test_error = best.test_error
@@ -229,6 +386,33 @@ class Trainer:
             result.final_test_error = m[-1].test_error
             result.epoch_time_s = statistics.median(r.epoch_time_s for r in m)
         return result
+
+
+class _Mismatch(CheckpointError):
+    """A checkpoint that loads but does not fit this job's metrics or length."""
+
+
+def _checkpoint_problem(exc: Exception) -> tuple[str, str]:
+    """(what went wrong, why) in words for a checkpoint that ``restore`` could not resume from."""
+    if isinstance(exc, UnsafeCheckpoint):
+        how = "could not be read safely"
+    elif isinstance(exc, CheckpointError) and not isinstance(exc, _Mismatch):
+        how = "could not be read"
+    else:  # it loaded, but does not fit the metrics or the model
+        how = "could not be used"
+    why = str(exc) if isinstance(exc, CheckpointError) else f"{type(exc).__name__}: {exc}"
+    return how, " ".join(why.split())[:400]
+
+
+def _ranges(numbers: list[int]) -> str:
+    """[1, 2, 3, 5] -> "1-3, 5"."""
+    out: list[str] = []
+    for n in numbers:
+        if out and out[-1].split("-")[-1] == str(n - 1):
+            out[-1] = f"{out[-1].split('-')[0]}-{n}"
+        else:
+            out.append(str(n))
+    return ", ".join(out)
 
 
 @torch.no_grad()

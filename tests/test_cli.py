@@ -54,7 +54,15 @@ def test_bad_input_is_one_paragraph_and_nonzero(tmp_path: Path, tiny_grid: dict)
     assert missing.returncode == 2 and "does not exist" in missing.stderr
     report = bioscale("report", "--results", str(results), "--grid", "nope")
     assert report.returncode == 2 and "No results for grid 'nope'" in report.stderr
-    failing = bioscale("run", "grids/table2.yaml", "--results", str(results), "-q")  # no ImageNet here
+    refused = bioscale("run", "grids/table2.yaml", "--results", str(results), "-q")  # no ImageNet here
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.count("imagenet: no dataset.params.root") == 1 and "[all 6 jobs]" in refused.stderr
+    assert not results.exists()  # preflight: nothing started, nothing written
+    empty = tmp_path / "imagenet"
+    (empty / "train").mkdir(parents=True)
+    (empty / "val").mkdir()  # passes preflight (folders are not scanned), fails when a job loads it
+    failing = bioscale("run", "grids/table2.yaml", "--results", str(results), "-q", "--set",
+                       f"dataset.params.root={empty}")
     assert failing.returncode == 1 and "6 job(s) failed" in failing.stderr and "DataError" in failing.stderr
     assert "Traceback" not in failing.stderr
     a_file = tmp_path / "a-file"
@@ -62,6 +70,34 @@ def test_bad_input_is_one_paragraph_and_nonzero(tmp_path: Path, tiny_grid: dict)
     proc = bioscale("run", "grids/smoke.yaml", "--results", str(a_file))
     assert proc.returncode == 2 and "Not a directory" in proc.stderr and "Traceback" not in proc.stderr
     assert a_file.read_text() == "not a folder"
+
+
+def test_preflight_and_bad_input_exit_2_with_one_message(tmp_path: Path, tiny_grid: dict) -> None:
+    """Issue 11, points 5 and 8, as a user meets them: exit 2, the key and what is allowed, nothing written."""
+    grid = tmp_path / "tiny.yaml"
+    grid.write_text(yaml.safe_dump(tiny_grid))
+    results = tmp_path / "results"
+
+    def refused(*args: str) -> str:
+        proc = bioscale(*args)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stderr.startswith("error: ")
+        return proc.stderr
+
+    no_gpu = refused("run", str(grid), "--results", str(results), "--set", "train.device=cuda:9")
+    assert "preflight found 1 problem; nothing was started" in no_gpu and "train.device='cuda:9'" in no_gpu
+    assert "[all 4 jobs]" in no_gpu and not results.exists()
+    too_many = refused("run", str(grid), "--results", str(results), "--max-jobs", "3")
+    assert "the axes make 4 combinations" in too_many and "--max-jobs 4" in too_many and not results.exists()
+    assert bioscale("grid", "validate", str(grid), "--max-jobs", "4").returncode == 0
+    bad_set = refused("grid", "validate", str(grid), "--set", "optim.betas=[0.9,")
+    assert "--set 'optim.betas=[0.9,': the value is not valid YAML" in bad_set and bad_set.count("\n") == 1
+    binary = tmp_path / "model.pt"
+    binary.write_bytes(b"PK\x03\x04\x00\x00\x08\x00")
+    assert "is a binary file, not a grid" in refused("run", str(binary), "--results", str(results))
+    a_file = tmp_path / "results.csv"
+    a_file.write_text("grid,job_id\n")
+    assert f"--results {a_file} is a file" in refused("report", "--results", str(a_file))
 
 
 def test_grid_validate_expand_and_list(tmp_path: Path) -> None:

@@ -72,8 +72,16 @@ def test_local_executor_events_and_a_grid_object(tmp_path: Path, tiny_grid: dict
 def test_a_failed_job_is_in_the_summary_not_raised(tmp_path: Path, tiny_grid: dict) -> None:
     tiny_grid["axes"] = {"seed": [0]}
     summary = bioscale.run_grid(_write(tmp_path, tiny_grid), tmp_path / "r",
-                                ["train.epochs=1", "train.device=cuda:9"])  # no such device
+                                ["train.epochs=1", "train.device=cuda:9"], preflight=False)  # no such device
     assert summary.counts == {"failed": 1} and len(summary.failed) == 1 and summary.failed[0].error
+
+
+def test_preflight_refuses_a_missing_device_before_anything_runs(tmp_path: Path, tiny_grid: dict) -> None:
+    from bioscale.preflight import PreflightError
+
+    with pytest.raises(PreflightError, match="cuda:9"):
+        bioscale.run_grid(_write(tmp_path, tiny_grid), tmp_path / "r", ["train.device=cuda:9"])
+    assert not (tmp_path / "r").exists()
 
 
 def test_bad_input_raises_before_anything_is_written(tmp_path: Path, tiny_grid: dict) -> None:

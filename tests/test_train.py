@@ -34,7 +34,8 @@ def test_job_runs_and_records_everything(tmp_path: Path, tiny_grid: dict) -> Non
     result = run_job(job, Store(tmp_path), events.append)
     assert result.status == "done", result.error
     jdir = tmp_path / "tiny" / job.job_id
-    assert {p.name for p in jdir.iterdir()} == {"spec.json", "metrics.jsonl", "result.json", "checkpoint.pt"}
+    assert {p.name for p in jdir.iterdir()} == {"spec.json", "metrics.jsonl", "result.json", "checkpoint.pt",
+                                               "claims.log", ".lease.lock"}  # the lease itself is released
     metrics = [json.loads(line) for line in (jdir / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2, 3]
     assert result.test_error == min(m["test_error"] for m in metrics)

@@ -94,6 +94,10 @@ class DatasetRecord:
     """Whose published numbers it is compared with (mnist-5k, a subset of MNIST: "mnist"); None: none."""
     tags: tuple[str, ...] = field(default=())
     """Free-form labels ("bundled": ships inside an installed package, needs no files; "tests-only")."""
+    check: Callable[[BaseModel], str | None] | None = None
+    """``check(params)``: what stops the data being found, in one paragraph that says how to get it, or None.
+    Cheap and torch-free (looks for files, reads none): ``bioscale run`` calls it once per distinct
+    parameters before any job starts (``bioscale.preflight``). None: nothing to check."""
 
 
 def _paper_order(record: RuleRecord | ArchRecord | DatasetRecord) -> tuple[float, str]:
@@ -131,13 +135,16 @@ def register_arch(name: str, *, params: type[BaseModel], summary: str, display: 
 
 def register_dataset(name: str, *, params: type[BaseModel], summary: str, family: str, order: float,
                      task: Task = "classification", input_shape: tuple[int, int, int] = (1, 28, 28),
-                     num_classes: int = 10, paper_dataset: str | None = None, tags: tuple[str, ...] = ()
-                     ) -> Callable[[F], F]:
-    """Function decorator: register a loader ``fn(params, settings) -> DataBundle`` under ``name``."""
+                     num_classes: int = 10, paper_dataset: str | None = None, tags: tuple[str, ...] = (),
+                     check: Callable[[Any], str | None] | None = None) -> Callable[[F], F]:
+    """Function decorator: register a loader ``fn(params, settings) -> DataBundle`` under ``name``;
+    ``check(params)`` is its preflight (see ``DatasetRecord.check``)."""
     def add(impl: F) -> F:
         _check("dataset", name, impl, params)
+        if check is not None and not callable(check):
+            raise TypeError(f"dataset {name!r} is registered wrongly: check must be a function, got {check!r}.")
         DATASETS.register(name, DatasetRecord(name, impl, params, summary, family, order, task, input_shape,
-                                              num_classes, paper_dataset, tags))
+                                              num_classes, paper_dataset, tags, check))
         return impl
     return add
 

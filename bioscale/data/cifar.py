@@ -11,6 +11,7 @@ random flips (``flip``; see ``Cifar10Params`` for why the default is horizontal)
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -112,14 +113,31 @@ def locate(params: Cifar10Params) -> Path:
         download.download_cifar10(base)
         d = find_dir(str(base))
     if d is None:
-        where = ", ".join(str(p) for p in candidate_dirs(params.root))
-        raise DataError(f"cifar10: the batch files {', '.join(TRAIN_FILES + TEST_FILES)} were not found in any "
-                        f"of: {where}. To get them, {HOW_TO_GET}.")
+        raise DataError(missing_message(params.root))
     return d
 
 
+def missing_message(root: str | None) -> str:
+    where = ", ".join(str(p) for p in candidate_dirs(root))
+    return (f"cifar10: the batch files {', '.join(TRAIN_FILES + TEST_FILES)} were not found in any of: {where}. "
+            f"To get them, {HOW_TO_GET}.")
+
+
+def check(params: Cifar10Params) -> str | None:
+    """Preflight: the six batch files are where ``locate`` looks (none is read), or a download is allowed
+    and torchvision, which downloads them, is installed."""
+    if find_dir(params.root) is not None:
+        return None
+    if params.download:
+        if importlib.util.find_spec("torchvision") is None:
+            return ("cifar10: dataset.params.download is true, but the download needs torchvision, which is not "
+                    f"installed (`pip install torchvision`). {missing_message(params.root)}")
+        return None
+    return missing_message(params.root)
+
+
 @register_dataset("cifar10", params=Cifar10Params, family="cifar10", order=50, input_shape=(3, 32, 32),
-                  paper_dataset="cifar10",
+                  paper_dataset="cifar10", check=check,
                   summary="CIFAR-10, 50,000/10,000 from cifar-10-batches-py (or downloaded); flips and crops "
                           "on device.")
 def load(params: Cifar10Params, ctx: LoaderSettings) -> DataBundle:

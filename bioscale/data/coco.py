@@ -94,12 +94,35 @@ def _fail(path: Path, what: str) -> DataError:
     return DataError(f"coco: {path} {what}. Replace it with the original file: {HOW_TO_GET}.")
 
 
-def read_index(root: Path, split: str) -> CocoIndex:
+def _split_problem(root: Path, split: str) -> str | None:
     path = root / "annotations" / f"instances_{split}2017.json"
     image_dir = root / f"{split}2017"
     if not path.is_file() or not image_dir.is_dir():
-        raise DataError(f"coco: expected the annotation file {path} and the image folder {image_dir}; "
-                        f"{'the file' if not path.is_file() else 'the folder'} is missing. To get them, {HOW_TO_GET}.")
+        return (f"coco: expected the annotation file {path} and the image folder {image_dir}; "
+                f"{'the file' if not path.is_file() else 'the folder'} is missing. To get them, {HOW_TO_GET}.")
+    return None
+
+
+def _no_root() -> str:
+    return f"coco: no dataset.params.root given; {HOW_TO_GET}."
+
+
+def check(params: CocoParams) -> str | None:
+    """Preflight: ``root`` is given and holds both splits' annotation files and image folders (none is read)."""
+    if params.root is None:
+        return _no_root()
+    root = Path(params.root).expanduser()
+    problems = [p for split in dict.fromkeys((params.train_split, params.test_split))
+                if (p := _split_problem(root, split))]
+    return " ".join(problems) or None
+
+
+def read_index(root: Path, split: str) -> CocoIndex:
+    path = root / "annotations" / f"instances_{split}2017.json"
+    image_dir = root / f"{split}2017"
+    problem = _split_problem(root, split)
+    if problem:
+        raise DataError(problem)
     try:
         doc = json.loads(path.read_bytes())
     except (ValueError, UnicodeDecodeError) as e:
@@ -137,11 +160,11 @@ def read_index(root: Path, split: str) -> CocoIndex:
 
 
 @register_dataset("coco", params=CocoParams, family="coco", order=70, task="detection", input_shape=(3, 800, 800),
-                  num_classes=80,
+                  num_classes=80, check=check,
                   summary="MS COCO 2017 detection (images, boxes, labels) under `root`; returns a DetectionBundle.")
 def load(params: CocoParams, ctx: LoaderSettings) -> DetectionBundle:
     if params.root is None:
-        raise DataError(f"coco: no dataset.params.root given; {HOW_TO_GET}.")
+        raise DataError(_no_root())
     root = Path(params.root).expanduser()
     tr, te = read_index(root, params.train_split), read_index(root, params.test_split)
     if tr.category_ids != te.category_ids:

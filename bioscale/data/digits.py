@@ -6,6 +6,7 @@ test set is 20%, rounded to sklearn's usual 360), fixed by ``SPLIT_SEED``, so it
 
 from __future__ import annotations
 
+import importlib.util
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,12 @@ if TYPE_CHECKING:
 bundle = lazy("bioscale.data.bundle")
 
 N_TEST = 360
+NEEDS_SKLEARN = "the digits dataset needs scikit-learn, which is not installed; run `pip install scikit-learn`."
+
+
+def check(params: BundledParams) -> str | None:
+    """Preflight: scikit-learn, which ships the digits, is installed (it is not imported: that takes seconds)."""
+    return NEEDS_SKLEARN if importlib.util.find_spec("sklearn") is None else None
 
 
 @lru_cache(maxsize=1)
@@ -32,9 +39,7 @@ def arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     try:
         from sklearn.datasets import load_digits
     except ImportError as e:
-        raise DataError(
-            "the digits dataset needs scikit-learn, which is not installed; run `pip install scikit-learn`."
-        ) from e
+        raise DataError(NEEDS_SKLEARN) from e
     d = load_digits()
     x = np.asarray(d.images, dtype=np.uint8).reshape(-1, 1, 8, 8)
     y = np.asarray(d.target, dtype=np.int64)
@@ -43,7 +48,7 @@ def arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 
 @register_dataset("digits", params=BundledParams, family="mnist", order=30, input_shape=(1, 8, 8),
-                  tags=("bundled",),
+                  tags=("bundled",), check=check,
                   summary="scikit-learn's bundled 8x8 digits (1,797 images), fixed stratified 1,437/360 split.")
 def load(params: BundledParams, ctx: LoaderSettings) -> DataBundle:
     x_tr, y_tr, x_te, y_te = arrays()

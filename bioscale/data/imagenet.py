@@ -90,15 +90,35 @@ def _root(params: ImageNetParams) -> Path:
     return Path(params.root).expanduser()
 
 
+def _folders_problem(root: Path) -> str | None:
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            return (f"imagenet: expected the folder {root / split} with one sub-folder of images per class; it is "
+                    f"missing. {HOW_TO_GET} (val/ sorted into the same class folders, e.g. with the usual "
+                    "valprep.sh).")
+    return None
+
+
+def check(params: ImageNetParams) -> str | None:
+    """Preflight: ``root`` is given and holds train/ and val/ (or the downsampled npz batches); no image or
+    batch is opened, and the class folders are not scanned (1.28M files)."""
+    try:
+        root = _root(params)
+        if params.downsampled is not None:
+            _npz_files(root, params.downsampled)
+            return None
+    except DataError as e:
+        return str(e)
+    return _folders_problem(root)
+
+
 def image_folders(params: ImageNetParams):
     from torchvision.datasets import ImageFolder
 
     root = _root(params)
-    for split in ("train", "val"):
-        if not (root / split).is_dir():
-            raise DataError(f"imagenet: expected the folder {root / split} with one sub-folder of images per "
-                            f"class; it is missing. {HOW_TO_GET} (val/ sorted into the same class folders, "
-                            "e.g. with the usual valprep.sh).")
+    problem = _folders_problem(root)
+    if problem:
+        raise DataError(problem)
     try:
         tr = ImageFolder(str(root / "train"), loader=read_rgb)
         va = ImageFolder(str(root / "val"), loader=read_rgb)
@@ -202,7 +222,7 @@ def load_downsampled(params: ImageNetParams, ctx: LoaderSettings) -> DataBundle:
 
 
 @register_dataset("imagenet", params=ImageNetParams, family="imagenet", order=60, input_shape=(3, 224, 224),
-                  num_classes=1000, paper_dataset="imagenet",
+                  num_classes=1000, paper_dataset="imagenet", check=check,
                   summary="ImageNet: an ImageFolder tree under `root` (Xiao's or Bartunov's preprocessing), or the "
                           "downsampled 32x32/64x64 npz batches.")
 def load(params: ImageNetParams, ctx: LoaderSettings) -> DataBundle:

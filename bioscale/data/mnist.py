@@ -10,6 +10,8 @@ no other normalisation, and no augmentation.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -118,18 +120,33 @@ def locate(name: str, params: DownloadParams) -> dict[str, Path]:
     return files
 
 
+def check(name: str, params: DownloadParams) -> str | None:
+    """Preflight: the four files are found where ``locate`` looks (none is read), or a download is allowed
+    and torchvision, which downloads them, is installed."""
+    if find_files(name, params.root) is not None:
+        return None
+    if params.download:
+        if importlib.util.find_spec("torchvision") is None:
+            return (f"{name}: dataset.params.download is true, but the download needs torchvision, which is not "
+                    f"installed (`pip install torchvision`). {missing_message(name, params.root)}")
+        return None
+    return missing_message(name, params.root)
+
+
 def load_named(name: str, params: DownloadParams, ctx: LoaderSettings) -> DataBundle:
     x_tr, y_tr, x_te, y_te = read_set(name, locate(name, params))
     return bundle.tensor_bundle(name, "mnist", 10, (x_tr, y_tr), (x_te, y_te), ctx, subset=params.subset)
 
 
 @register_dataset("mnist", params=DownloadParams, family="mnist", order=10, paper_dataset="mnist",
+                  check=functools.partial(check, "mnist"),
                   summary="MNIST, 60,000/10,000 from IDX files under `root` (or downloaded), scaled to [0, 1].")
 def load_mnist(params: DownloadParams, ctx: LoaderSettings) -> DataBundle:
     return load_named("mnist", params, ctx)
 
 
 @register_dataset("fashion-mnist", params=DownloadParams, family="mnist", order=40,
+                  check=functools.partial(check, "fashion-mnist"),
                   summary="Fashion-MNIST, 60,000/10,000 (Debian's dataset-fashion-mnist, `root`, or downloaded).")
 def load_fashion_mnist(params: DownloadParams, ctx: LoaderSettings) -> DataBundle:
     return load_named("fashion-mnist", params, ctx)

