@@ -160,3 +160,21 @@ def test_plugin_registers_a_component_for_the_command_and_its_workers(tmp_path: 
     assert "finished: 1 done" in proc.stderr
     broken = bioscale("--plugin", str(tmp_path / "nope.py"), "grid", "validate", str(grid))
     assert broken.returncode == 2 and "nope.py" in broken.stderr and "Traceback" not in broken.stderr
+
+
+def test_validate_refuses_what_cannot_start_naming_the_job_and_what_would_work(tmp_path: Path,
+                                                                               tiny_grid: dict) -> None:
+    """`grid validate` "valid" means the jobs can start: an arch without a preset for the dataset's shape
+    and a rule on an arch it cannot run are exit 2, naming the job and the alternatives."""
+    tiny_grid["axes"] = {"arch": ["fc", "lc"], "dataset": ["imagenet"]}
+    grid = tmp_path / "g.yaml"
+    grid.write_text(yaml.safe_dump(tiny_grid))
+    proc = bioscale("grid", "validate", str(grid), "--set", "arch.params={}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "(arch=fc, dataset=imagenet): arch 'fc' has no preset for imagenet-shaped data" in proc.stderr
+    assert "What would work: archs that run 'bp' on 'imagenet': lc, conv, resnet18, alexnet" in proc.stderr
+    tiny_grid["axes"] = {"rule.name": ["dfa"], "arch": ["alexnet"]}
+    grid.write_text(yaml.safe_dump(tiny_grid))
+    proc = bioscale("grid", "validate", str(grid), "--set", "arch.params={}")
+    assert proc.returncode == 2 and "rule 'dfa' needs a layered" in proc.stderr
+    assert "archs that run 'dfa' on 'synthetic': fc, lc, conv" in proc.stderr
