@@ -83,6 +83,8 @@ def run(
     max_jobs: MaxJobsOpt = None,
     executor: Annotated[str | None, typer.Option(help="inline (default) or local (a process pool).")] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes for --executor local.")] = None,
+    jobs_per_gpu: Annotated[int | None, typer.Option(
+        help="Jobs run side by side on each GPU by --executor local (each worker pinned to its GPU).")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads per job (torch.set_num_threads).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
     lease_timeout: Annotated[float, typer.Option(
@@ -98,7 +100,7 @@ def run(
     from bioscale.runner import choose_executor, plan, run_plan
 
     planned = plan(grid_file, results, set_ or [], max_jobs=max_jobs)
-    runner = choose_executor(planned.grid, executor, workers, threads, lease_timeout)
+    runner = choose_executor(planned.grid, executor, workers, threads, lease_timeout, jobs_per_gpu)
     preflight(planned)  # datasets, devices, results folder: one grouped error (exit 2) before anything starts
     damaged = planned.store.damaged(planned.grid.name)
     for _, job_id, problems in damaged[:10]:

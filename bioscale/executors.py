@@ -61,12 +61,13 @@ class InlineExecutor(Executor):
 
 
 class LocalExecutor(Executor):
-    """A pool of worker processes on this machine (pebble's ``ProcessPool``): one job per slot, one slot per
-    GPU, else CPU slots that share the cores.
+    """Pools of worker processes on this machine (pebble's ``ProcessPool``), one job per slot: without GPUs,
+    CPU slots that share the cores; with GPUs, ``jobs_per_gpu`` slots per GPU (one MNIST-sized job leaves a
+    modern GPU almost idle), each worker pinned to its GPU with ``CUDA_VISIBLE_DEVICES`` (one pool per GPU).
 
     Isolation: a worker that dies (OOM killer, segfault) fails only its own job; pebble replaces it and the
     other jobs go on (``concurrent.futures`` breaks the whole pool instead). The parent hands out at most one
-    job per slot, so nothing waits inside the pool when a stop signal comes: on ``Interrupted`` it sends
+    job per slot, so nothing waits inside a pool when a stop signal comes: on ``Interrupted`` it sends
     every worker SIGTERM (each records its job as resumable and releases its lease), waits up to
     ``STOP_WAIT_S`` for them, and kills what is left. Workers watch their parent and stop if it dies.
     """
@@ -74,18 +75,20 @@ class LocalExecutor(Executor):
     STOP_WAIT_S = 8.0
 
     def __init__(self, workers: int | None = None, threads: int | None = None,
-                 lease_timeout: float = DEFAULT_LEASE_TIMEOUT_S) -> None:
+                 lease_timeout: float = DEFAULT_LEASE_TIMEOUT_S, jobs_per_gpu: int = 1) -> None:
         self.workers = workers
         self.threads = threads
         self.lease_timeout = lease_timeout
+        self.jobs_per_gpu = jobs_per_gpu
 
-    def slots(self) -> tuple[int, int]:
-        """(number of worker processes, GPUs); with GPUs, one worker per GPU."""
-        import torch
-
-        gpus = torch.cuda.device_count()
-        workers = self.workers or gpus or max(1, (os.cpu_count() or 1) // 2)
-        return workers, gpus
+    def layout(self) -> list[str | None]:
+        """One entry per worker slot: the ``CUDA_VISIBLE_DEVICES`` value that pins it, None for a CPU slot.
+        ``workers`` caps the slots; without GPUs it defaults to half the cores."""
+        gpus = visible_gpus()
+        if gpus:
+            slots: list[str | None] = [g for g in gpus for _ in range(self.jobs_per_gpu)]
+            return slots[: self.workers] if self.workers else slots
+        return [None] * (self.workers or max(1, (os.cpu_count() or 1) // 2))
 
     def threads_per_job(self, workers: int) -> int:
         """Fixed by the executor's settings, never by how many jobs are left, so a resumed job computes
@@ -98,8 +101,8 @@ class LocalExecutor(Executor):
         from bioscale.catalog import plugins
 
         on_event = on_event or ignore
-        workers, gpus = self.slots()
-        threads = self.threads_per_job(workers)
+        layout = self.layout()
+        threads = self.threads_per_job(len(layout))
         ctx = mp.get_context("spawn")  # CUDA and fork do not mix
         events = ctx.Queue()
         started: set[str] = set()
@@ -111,16 +114,17 @@ class LocalExecutor(Executor):
 
         results: list[JobResult] = []
         todo = list(jobs)
-        free = list(range(min(workers, len(jobs))))
+        free = list(range(len(layout)))
         running: dict[Any, tuple[Job, int]] = {}
-        pool = ProcessPool(max_workers=len(free), context=ctx, initializer=_init_worker,
-                           initargs=(events, plugins(), os.getpid()))
+        pools = {pin: ProcessPool(max_workers=layout.count(pin), context=ctx, initializer=_init_worker,
+                                  initargs=(events, plugins(), os.getpid(), pin))
+                 for pin in dict.fromkeys(layout)}
         try:
             while todo or running:
                 while todo and free:
                     job, slot = todo.pop(0), free.pop(0)
-                    future = pool.schedule(_run_in_worker, args=(job, str(store.root), slot, gpus, threads,
-                                                                 self.lease_timeout))
+                    future = pools[layout[slot]].schedule(
+                        _run_in_worker, args=(job, str(store.root), threads, self.lease_timeout))
                     running[future] = (job, slot)
                 done, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
                 _drain(events, emit)  # a finished job's events are all queued before its result arrives
@@ -138,15 +142,17 @@ class LocalExecutor(Executor):
                     on_event(_finished(job, result))
                     results.append(result)
         except Interrupted:
-            self._stop(pool, events, emit)
+            self._stop(events, emit)
             raise
         finally:
-            pool.close()
-            pool.stop()
-            pool.join(timeout=self.STOP_WAIT_S)
+            for pool in pools.values():
+                pool.close()
+                pool.stop()
+            for pool in pools.values():
+                pool.join(timeout=self.STOP_WAIT_S)
         return results
 
-    def _stop(self, pool: Any, events: Any, emit: EventHandler) -> None:
+    def _stop(self, events: Any, emit: EventHandler) -> None:
         """SIGTERM every worker at once (each records and releases its job), wait, then let pebble kill."""
         import psutil
 
@@ -157,6 +163,16 @@ class LocalExecutor(Executor):
                 proc.send_signal(signal.SIGTERM)
         psutil.wait_procs(workers, timeout=self.STOP_WAIT_S)
         _drain(events, emit)
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` entries for the workers it pins."""
+    import torch
+
+    count = torch.cuda.device_count()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    names = [v.strip() for v in visible.split(",")] if visible else [str(i) for i in range(count)]
+    return names[:count]
 
 
 def _is_worker(proc: Any) -> bool:
@@ -195,9 +211,12 @@ _STOPPING = False
 _IN_JOB = False
 
 
-def _init_worker(events: Any, plugins: list[str], parent: int) -> None:
-    """In each worker: events queue, plugins, stop signals, and a watch on the parent."""
+def _init_worker(events: Any, plugins: list[str], parent: int, pin: str | None) -> None:
+    """In each worker: its GPU (before torch is imported, so CUDA sees only that one), events queue,
+    plugins, stop signals, and a watch on the parent."""
     global _EVENTS
+    if pin is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = pin
     from bioscale.catalog import load_plugins
 
     _EVENTS = events
@@ -229,14 +248,12 @@ def _watch_parent(parent: int) -> None:
             return
 
 
-def _run_in_worker(job: Job, root: str, slot: int, gpus: int, threads: int, lease_timeout: float) -> JobResult:
+def _run_in_worker(job: Job, root: str, threads: int, lease_timeout: float) -> JobResult:
     global _IN_JOB
     import torch
 
     from bioscale.train import run_job
 
-    if gpus:
-        torch.cuda.set_device(slot % gpus)
     torch.set_num_threads(threads)
     put = _EVENTS.put if _EVENTS is not None else None
     _IN_JOB = True
@@ -263,7 +280,7 @@ def _drain(events: Any, on_event: EventHandler) -> None:
         on_event(event)
 
 
-EXECUTOR_PARAMS: dict[str, set[str]] = {"inline": {"threads"}, "local": {"workers", "threads"}}
+EXECUTOR_PARAMS: dict[str, set[str]] = {"inline": {"threads"}, "local": {"workers", "threads", "jobs_per_gpu"}}
 """Each executor's name and the parameters it takes: the one list grid validation and the CLI check."""
 
 
@@ -283,11 +300,13 @@ def executor_problem(spec: ExecutorSpec) -> str | None:
 
 
 def make_executor(spec: ExecutorSpec | None, lease_timeout: float = DEFAULT_LEASE_TIMEOUT_S) -> Executor:
-    """``threads`` (both) is torch's CPU threads per job; ``workers`` (local) the number of processes."""
+    """``threads`` (both) is torch's CPU threads per job; ``workers`` (local) caps the processes and
+    ``jobs_per_gpu`` (local) packs several jobs onto each GPU."""
     spec = spec or ExecutorSpec(name="inline")
     problem = executor_problem(spec)
     if problem:
         raise BioscaleError(problem)
     if spec.name == "local":
-        return LocalExecutor(spec.params.get("workers"), spec.params.get("threads"), lease_timeout)
+        return LocalExecutor(spec.params.get("workers"), spec.params.get("threads"), lease_timeout,
+                             spec.params.get("jobs_per_gpu") or 1)
     return InlineExecutor(spec.params.get("threads"), lease_timeout)

@@ -40,4 +40,4 @@ def collect(device: str | None = None) -> Provenance:
     return Provenance(bioscale_version=bioscale.__version__, torch_version=torch_version,
                       python_version=platform.python_version(), device=device,
                       hostname=socket.gethostname(), pid=os.getpid(), git_commit=git_commit(),
-                      started_at=now())
+                      started_at=now(), visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))

@@ -164,6 +164,8 @@ class Provenance(Strict):
     device: str | None = None
     hostname: str
     pid: int | None = None
+    visible_devices: str | None = None
+    """``CUDA_VISIBLE_DEVICES`` of the process that trained the job (a packed local worker's GPU)."""
     git_commit: str | None = None
     started_at: str
     finished_at: str | None = None

@@ -41,3 +41,23 @@ def test_make_executor() -> None:
     assert isinstance(local, LocalExecutor) and local.workers == 3
     with pytest.raises(BioscaleError, match="Unknown executor 'slurmm'"):
         make_executor(ExecutorSpec(name="slurmm"))
+
+
+def test_packed_gpus_pin_each_worker_and_keep_k_jobs_per_gpu(tmp_path: Path, tiny_grid: dict, monkeypatch) -> None:
+    """--jobs-per-gpu K: K workers per GPU, each pinned with CUDA_VISIBLE_DEVICES before torch starts (two
+    pretend GPUs here: the pinned workers then run on the CPU, as on any machine without CUDA)."""
+    import bioscale.executors as ex
+
+    monkeypatch.setattr(ex, "visible_gpus", lambda: ["3", "5"])
+    local = make_executor(ExecutorSpec(name="local", params={"jobs_per_gpu": 2}))
+    assert local.layout() == ["3", "3", "5", "5"] and local.threads_per_job(4) >= 1
+    jobs = _jobs(tmp_path, tiny_grid)
+    store = Store(tmp_path / "results")
+    results = local.run(jobs, store)
+    assert [r.status for r in results] == ["done"] * 4
+    pins = sorted(r.provenance.visible_devices for r in results)
+    assert pins == ["3", "3", "5", "5"]
+    capped = ex.LocalExecutor(workers=3, jobs_per_gpu=2)
+    assert capped.layout() == ["3", "3", "5"]
+    monkeypatch.setattr(ex, "visible_gpus", lambda: [])
+    assert ex.LocalExecutor(workers=2, jobs_per_gpu=4).layout() == [None, None]
