@@ -18,7 +18,7 @@ from bioscale.errors import GridError
 from bioscale.explain import explain
 from bioscale.gridfile import load_grid, load_yaml, parse_set
 from bioscale.gridkeys import COMPONENTS, IGNORED_BY_BACKWARD_RULES, check_match_keys
-from bioscale.job import Job
+from bioscale.job import Job, job_label
 from bioscale.registry import UnknownNameError
 from bioscale.spec import GridSpec, JobSpec
 
@@ -73,7 +73,7 @@ def expand(grid: GridSpec, sets: dict[str, Any] | None = None, source: str = "<g
             _set_path(raw, key, copy.deepcopy(value), source)
         label = ", ".join(f"{k}={v}" for k, v in combo.items()) or "the base job"
         spec = resolve(raw, f"{source} ({label})")
-        job = Job(grid.name, spec, label)
+        job = Job(grid.name, spec, job_label(spec, combo))
         if job.job_id in seen:  # an axis that does not change the resolved job (e.g. a default value)
             continue
         seen[job.job_id] = label

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import Any
 
 from bioscale.spec import JobSpec
 
@@ -12,8 +14,32 @@ class Job:
     grid: str
     spec: JobSpec
     label: str
-    """The axis values that made this job, for messages and progress ("rule.name=fa, seed=1")."""
+    """A short readable name for progress and messages (``job_label``: "dtp/alt lc mnist s0")."""
 
     @property
     def job_id(self) -> str:
         return self.spec.job_id()
+
+
+CELL_KEYS = ("rule", "rule.name", "rule.params.schedule", "arch", "arch.name", "dataset", "dataset.name", "seed")
+"""Axis keys the compact label already shows."""
+
+
+def job_label(spec: JobSpec, axes: dict[str, Any]) -> str:
+    """A short name for progress lines and messages: rule (and schedule), arch, dataset, seed, then the other
+    axis values that made the job, e.g. ``dtp/alt lc mnist s0`` or ``fa fc mnist-5k s1 last_layer_bp=true``."""
+    schedule = spec.rule.params.get("schedule")
+    head = f"{spec.rule.name}/{schedule[:3]}" if isinstance(schedule, str) and schedule else spec.rule.name
+    parts = [head, spec.arch.name, spec.dataset.name, f"s{spec.seed}"]
+    parts += [f"{key.rsplit('.', 1)[-1]}={_compact(value)}" for key, value in axes.items() if key not in CELL_KEYS]
+    return " ".join(parts)
+
+
+def _compact(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)

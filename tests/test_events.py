@@ -44,3 +44,37 @@ def test_display_shows_running_jobs_with_their_labels() -> None:
         task = display.progress.tasks[-1]
         assert task.completed == 0.5 and "loss 0.2500" in task.fields["info"]
         assert "[fc]" in console.render_str(task.description).plain
+
+
+def test_the_summary_line_fits_80_columns_and_keeps_counts_and_eta() -> None:
+    buf = io.StringIO()
+    console = Console(file=buf, width=80, force_terminal=True)
+    label = "aosdtp/alt lc cifar10 s3 last_layer_bp=true lr=0.0003 batch_size=128 extra=knob"
+    with Display(19, console=console) as display:
+        for i in range(3):
+            display(JobStarted(f"job{i}", label, 500))
+            display(JobProgress(f"job{i}", label, 7, 500, 50, 100, 0.123456, 12.5))
+        display(JobFinished("job0", label, "failed", None, "boom"))
+        rendered = Console(width=80, force_terminal=True, record=True, file=io.StringIO())
+        rendered.print(display.progress.get_renderable())
+        text = rendered.export_text()
+    first = text.splitlines()[0]
+    assert first.startswith("jobs 1/19") and "2 running, 1 failed" in first
+    assert ":" in first.split()[-1]  # the ETA, e.g. 0:12:01
+    assert "epoch 7/500 loss 0.1235 err 12.50%" in text  # a running job's row keeps what matters
+    assert all(len(line) <= 80 for line in text.splitlines())
+
+
+def test_a_log_file_gets_a_line_per_epoch_at_a_sane_rate() -> None:
+    buf = io.StringIO()
+    console = Console(file=buf, width=120, force_terminal=False)
+    with Display(1, console=console, log_every_s=3600) as display:
+        display(JobStarted("j", "fa fc mnist s0", 500))
+        for epoch in range(1, 501):
+            display(JobProgress("j", "fa fc mnist s0", epoch, 500, 10, 10, 0.5, 10.0))
+        display(JobFinished("j", "fa fc mnist s0", "done", 9.5))
+    lines = buf.getvalue().splitlines()
+    epochs = [line for line in lines if "epoch " in line]
+    assert [e.split("epoch ")[1].split()[0] for e in epochs] == ["1/500", "500/500"]  # first, last; rate-limited
+    assert "started fa fc mnist s0 (j), 500 epochs" in lines[0]
+    assert lines[-1] == "fa fc mnist s0 j: done, best test error 9.50% [1/1 jobs]"

@@ -23,8 +23,15 @@ def _expand(tmp_path: Path, data: dict, sets: list[str] | None = None):
 def test_cartesian_product_in_axis_order(tmp_path: Path, tiny_grid: dict) -> None:
     jobs = _expand(tmp_path, tiny_grid)
     assert [(j.spec.rule.name, j.spec.seed) for j in jobs] == [("bp", 0), ("bp", 1), ("fa", 0), ("fa", 1)]
-    assert jobs[2].label == "rule.name=fa, seed=0"
+    assert jobs[2].label == "fa fc synthetic s0"
     assert len({j.job_id for j in jobs}) == 4
+
+
+def test_labels_are_compact_and_name_every_other_axis(tmp_path: Path, tiny_grid: dict) -> None:
+    tiny_grid["axes"] = [{"rule.name": ["dtp"], "rule.params.schedule": ["alternating"], "arch": ["lc"]},
+                         {"rule.name": ["fa"], "rule.params.last_layer_bp": [True], "optim.lr": [3e-4]}]
+    labels = [j.label for j in _expand(tmp_path, tiny_grid)]
+    assert labels == ["dtp/alt lc synthetic s0", "fa fc synthetic s0 last_layer_bp=true lr=0.0003"]
 
 
 def test_defaults_are_resolved_into_the_spec(tmp_path: Path, tiny_grid: dict) -> None:
