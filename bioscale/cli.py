@@ -17,6 +17,9 @@ from bioscale.interrupts import Interrupted
 
 if TYPE_CHECKING:
     from bioscale.job import Job
+    from bioscale.runner import Plan, RunSummary
+    from bioscale.slurm import SlurmExecutor
+    from bioscale.spec import ExecutorSpec, GridSpec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Reproduce and extend benchmarks of biologically-motivated learning rules.")
@@ -81,27 +84,63 @@ def run(
     results: ResultsOpt = Path("results"),
     set_: SetOpt = None,
     max_jobs: MaxJobsOpt = None,
-    executor: Annotated[str | None, typer.Option(help="inline (default) or local (a process pool).")] = None,
+    executor: Annotated[str | None, typer.Option(
+        help="inline (default), local (a process pool) or slurm (Slurm job arrays through submitit).")] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes for --executor local.")] = None,
     jobs_per_gpu: Annotated[int | None, typer.Option(
         help="Jobs run side by side on each GPU by --executor local (each worker pinned to its GPU).")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads per job (torch.set_num_threads).")] = None,
+    nproc_per_node: Annotated[int | None, typer.Option(
+        "--nproc-per-node", min=1, metavar="N",
+        help="Run each job as N processes (one per GPU; gloo processes on the CPU) with torch.distributed, "
+             "launched by torchrun: the same as --set train.distributed.nproc_per_node=N.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
     lease_timeout: Annotated[float, typer.Option(
         help="Seconds without a heartbeat after which another `bioscale run` (e.g. on another host sharing "
              "the results directory) may take a job over and resume it.")] = 120.0,
+    partition: Annotated[str | None, typer.Option(help="Slurm partition.", rich_help_panel=SLURM)] = None,
+    gpus_per_job: Annotated[int | None, typer.Option(min=0, help="GPUs per job (--gpus-per-node).",
+                                                     rich_help_panel=SLURM)] = None,
+    cpus_per_task: Annotated[int | None, typer.Option(min=1, help="CPUs per job; also its torch threads.",
+                                                      rich_help_panel=SLURM)] = None,
+    mem: Annotated[str | None, typer.Option(help="Memory per job, e.g. 64G.", rich_help_panel=SLURM)] = None,
+    time: Annotated[str | None, typer.Option(
+        help="Time limit per run of a job, e.g. 24:00:00 or 2-00:00:00; a job that reaches it requeues itself "
+             "and resumes.", rich_help_panel=SLURM)] = None,
+    account: Annotated[str | None, typer.Option(help="Slurm account.", rich_help_panel=SLURM)] = None,
+    qos: Annotated[str | None, typer.Option(help="Slurm quality of service.", rich_help_panel=SLURM)] = None,
+    sbatch: Annotated[list[str] | None, typer.Option(
+        help="Extra sbatch option KEY=VALUE or flag KEY, e.g. --sbatch constraint=a100 (repeatable).",
+        rich_help_panel=SLURM)] = None,
+    slurm_array_parallelism: Annotated[int | None, typer.Option(
+        min=1, help="Array tasks running at once.", rich_help_panel=SLURM)] = None,
+    wait: Annotated[bool, typer.Option(
+        "--wait", help="Wait for the submitted jobs, showing their epochs; exit 1 if one failed.",
+        rich_help_panel=SLURM)] = False,
 ) -> None:
     """Run every job of GRID that is not already done; an interrupted grid resumes where it stopped.
 
     Any number of runs may share a results directory: each job is claimed by the process that trains it.
-    Ctrl-C or SIGTERM stops every job at once, keeps their finished epochs and exits 130 or 143."""
+    Ctrl-C or SIGTERM stops every job at once, keeps their finished epochs and exits 130 or 143.
+
+    With --executor slurm the jobs go to Slurm as job arrays (one task per job) and the command returns once
+    they are submitted (--wait: once they have ended); `bioscale status` follows them."""
     from bioscale.preflight import preflight
     from bioscale.progress import Display
     from bioscale.runner import choose_executor, plan, run_plan
 
-    planned = plan(grid_file, results, set_ or [], max_jobs=max_jobs)
-    runner = choose_executor(planned.grid, executor, workers, threads, lease_timeout, jobs_per_gpu)
-    preflight(planned)  # datasets, devices, results folder: one grouped error (exit 2) before anything starts
+    slurm_sets = _slurm_sets(partition, gpus_per_job, cpus_per_task, mem, time, account, qos, sbatch or [])
+    slurm_params = {k: v for k, v in (("array_parallelism", slurm_array_parallelism), ("wait", wait or None))
+                    if v is not None}
+    sets = [*(set_ or []), *([f"train.distributed.nproc_per_node={nproc_per_node}"] if nproc_per_node else [])]
+    planned = plan(grid_file, results, _with_sets(sets, slurm_sets), max_jobs=max_jobs)
+    choice = _executor_choice(planned.grid, executor, bool(slurm_sets or slurm_params), slurm_params)
+    runner = choose_executor(planned.grid, choice, workers, threads, lease_timeout, jobs_per_gpu)
+    slurm = _slurm_executor(runner)
+    if slurm is not None:
+        slurm.check(planned.todo)  # time limits, GPUs for multi-process jobs: before anything is written
+    # datasets, devices (not for jobs that run on Slurm's nodes), results folder: one grouped error (exit 2)
+    preflight(planned, devices=getattr(runner, "runs_here", True))
     damaged = planned.store.damaged(planned.grid.name)
     for _, job_id, problems in damaged[:10]:
         err.print(f"damaged: {job_id}: {'; '.join(problems)}. It runs again from its last consistent point "
@@ -112,8 +151,12 @@ def run(
     elsewhere = f", {running} running elsewhere" if running else ""
     err.print(f"[bold]{escape(planned.grid.name)}[/]: {len(planned.jobs)} jobs, {planned.skipped - running} "
               f"already finished{elsewhere}, {len(planned.todo)} to run -> {escape(str(planned.results_dir))}")
-    with Display(len(planned.todo), console=err, enabled=bool(planned.todo) and not quiet) as display:
+    show = bool(planned.todo) and not quiet and (slurm is None or slurm.waits)
+    with Display(len(planned.todo), console=err, enabled=show) as display:
         summary = run_plan(planned, runner, on_event=display)
+    if slurm is not None:
+        _slurm_summary(slurm, summary, planned, grid_file, results)
+        return
     if not summary.results:
         return
     names = {"running": "running elsewhere (left alone)"}
@@ -126,6 +169,126 @@ def run(
         raise typer.Exit(1)
 
 
+SLURM = "Slurm (--executor slurm)"
+
+
+def _slurm_sets(partition: str | None, gpus_per_job: int | None, cpus_per_task: int | None, mem: str | None,
+                time: str | None, account: str | None, qos: str | None, sbatch: list[str]) -> dict[str, object]:
+    from bioscale.slurm import cli_resources
+
+    return cli_resources(partition, gpus_per_job, cpus_per_task, mem, time, account, qos, sbatch)
+
+
+def _with_sets(items: list[str], extra: dict[str, object]) -> list[str] | dict[str, object]:
+    """--set items, with the resource flags applied after them (as if they were the last --set)."""
+    if not extra:
+        return items
+    from bioscale.gridfile import parse_set
+
+    return {**parse_set(items), **extra}
+
+
+def _executor_choice(grid: GridSpec, executor: str | None, slurm_flags: bool,
+                     params: dict[str, object]) -> str | ExecutorSpec | None:
+    """--executor, or the grid's; the Slurm flags go to the slurm executor's parameters (or are refused)."""
+    from bioscale.spec import ExecutorSpec
+
+    name = executor or (grid.executor.name if grid.executor else "inline")
+    if name != "slurm":
+        if slurm_flags:
+            raise BioscaleError(f"--partition, --gpus-per-job, --cpus-per-task, --mem, --time, --account, --qos, "
+                                f"--sbatch, --slurm-array-parallelism and --wait configure Slurm jobs, but this run "
+                                f"uses the {name!r} executor. Add --executor slurm (or put `executor: {{name: "
+                                f"slurm}}` in the grid), or drop those options.")
+        return executor
+    base = dict(grid.executor.params) if grid.executor is not None and grid.executor.name == "slurm" else {}
+    return ExecutorSpec(name="slurm", params={**base, **params})
+
+
+def _slurm_executor(runner: object) -> SlurmExecutor | None:
+    if type(runner).__name__ != "SlurmExecutor":  # bioscale.slurm is imported only where it is used
+        return None
+    from bioscale.slurm import SlurmExecutor
+
+    return runner if isinstance(runner, SlurmExecutor) else None
+
+
+def _slurm_summary(slurm: SlurmExecutor, summary: RunSummary, planned: Plan, grid_file: Path, results: Path) -> None:
+    """What was submitted and where the logs are; after --wait, the outcome and exit code 1 if a job failed
+    or stopped without finishing."""
+    for line in slurm.describe(planned.store):
+        err.print(escape(line), highlight=False, soft_wrap=True)
+    follow = f"bioscale status {planned.grid.name} --results {results}"
+    if not slurm.waits:
+        if summary.results:
+            err.print(f"follow them with `{escape(follow)}`, or run the same command with --wait to wait for "
+                      "them (nothing is submitted twice).", highlight=False, soft_wrap=True)
+        return
+    finished = [r for r in summary.results if r.status != "pending" or not (r.error or "").startswith("queued")]
+    if finished:
+        counts: dict[str, int] = {}
+        for r in finished:
+            counts[r.status] = counts.get(r.status, 0) + 1
+        names = {"running": "running elsewhere (left alone)", "pending": "stopped before the end (resumable)"}
+        err.print("finished: " + ", ".join(f"{n} {names.get(s, s)}" for s, n in sorted(counts.items())) +
+                  f". See `bioscale report --results {escape(str(results))} --grid {escape(summary.grid)}`.",
+                  highlight=False, soft_wrap=True)
+    stopped = [r for r in finished if r.status == "pending"]
+    if summary.failed or stopped:
+        err.print(f"{len(summary.failed) + len(stopped)} job(s) did not finish: their errors are above, in "
+                  f"`{escape(follow)}` and in their logs. Fix the cause and run the same command again: finished "
+                  "jobs are kept, the others resume from their last epoch.", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
+class StatusFormat(str, Enum):
+    table = "table"
+    json = "json"
+
+
+@app.command()
+def status(
+    grid: Annotated[str | None, typer.Argument(
+        help="A grid name under --results, or a grid YAML file (then jobs not submitted yet are listed too). "
+             "Default: every grid.", metavar="[GRID]")] = None,
+    results: ResultsOpt = Path("results"),
+    set_: SetOpt = None,
+    format_: Annotated[StatusFormat, typer.Option("--format", help="table or json.")] = StatusFormat.table,
+) -> None:
+    """Where each job stands: queued (submitted to Slurm, not started), running (and who holds it), pending,
+    done, failed or diverged; its epochs, its Slurm job id and the first line of its note."""
+    from rich.table import Table
+
+    from bioscale.runner import expand_grid
+    from bioscale.slurm import count_states, status_json, status_rows
+    from bioscale.store import Store
+
+    store = Store(results)
+    if grid is not None and (grid.endswith((".yaml", ".yml")) or Path(grid).is_file()):
+        rows = status_rows(store, jobs=expand_grid(Path(grid), set_ or [])[1])
+    else:
+        if set_:
+            raise BioscaleError("--set needs a grid file: `bioscale status grids/NAME.yaml --set ...`.")
+        if grid is not None and grid not in store.grids():
+            known = ", ".join(store.grids()) or "none"
+            raise BioscaleError(f"No jobs of grid {grid!r} in {results}. Grids there: {known}. Give the grid file "
+                                f"instead (`bioscale status grids/{grid}.yaml`) to list jobs not submitted yet.")
+        rows = status_rows(store, grid)
+    if format_ is StatusFormat.json:
+        sys.stdout.write(status_json(rows))
+        return
+    table = Table(box=None, pad_edge=False, show_edge=False)
+    for name in ("grid", "job_id", "job", "status", "epochs", "scheduler", "where", "note"):
+        table.add_column(name, overflow="fold" if name == "note" else "ellipsis")
+    for row in rows:
+        epochs = f"{row['epochs']}/{row['of']}" if row["of"] is not None else str(row["epochs"])
+        table.add_row(*(escape(str(v)) for v in (row["grid"], row["job_id"], row["job"], row["status"], epochs,
+                                                  row["scheduler"], row["where"], row["note"])))
+    out.print(table)
+    counts = count_states(rows)
+    err.print(f"{len(rows)} jobs: " + (", ".join(f"{n} {s}" for s, n in counts.items()) or "none"), highlight=False)
+
+
 @app.command()
 def report(
     results: ResultsOpt = Path("results"),
@@ -136,8 +299,21 @@ def report(
         help="settings: a row per setting (csv/json: a row per job); paper: methods x dataset/arch, "
              "like Bartunov et al.'s Table 1.")] = Layout.settings,
     plots: Annotated[Path | None, typer.Option(help="Also write PNG figures to this folder.")] = None,
+    include_running: Annotated[bool, typer.Option(
+        "--include-running", help="Put the partial epochs of running and interrupted jobs into means and "
+                                  "curves (default: finished jobs only; the others are listed as such).")] = False,
+    columns: Annotated[str | None, typer.Option(
+        metavar="COLS", help="Columns of the settings table, comma-separated: e.g. rule,test_error,delta; "
+                             "+train_error,-epochs (the default plus/minus these); all. csv/json: which "
+                             "per-job columns.")] = None,
+    caption: Annotated[str | None, typer.Option(
+        help="LaTeX caption (used as given; default: what the cells mean and the papers' sources).")] = None,
+    label: Annotated[str | None, typer.Option(help="LaTeX label (default: tab:GRID).")] = None,
 ) -> None:
-    """Tables of results next to the papers' numbers, and optionally figures."""
+    """Tables of results next to the papers' numbers, and optionally figures.
+
+    Every mean is over the seeds of one setting; running, pending and failed jobs are shown as such and
+    left out of means (--include-running puts the partial epochs of running and interrupted ones in)."""
     from bioscale.report import render
     from bioscale.runner import load_results
 
@@ -145,13 +321,16 @@ def report(
         raise BioscaleError(f"--results {results} is a file; it must be the results folder that `bioscale run` "
                             "wrote (its default is ./results), e.g. `bioscale report --results results`.")
     frame = load_results(results, grid)
-    text = render(frame, format_.value, layout.value)
+    width = out.width if output is None and sys.stdout.isatty() else None  # a terminal: wrap, never overflow
+    text = render(frame, format_.value, layout.value, include_running=include_running, columns=columns,
+                  caption=caption, label=label, width=width)
     if plots is not None:
         from bioscale.report.frame import load_curves
         from bioscale.report.plots import write_plots
         from bioscale.store import Store
 
-        for path in write_plots(frame, load_curves(Store(results), grid), plots):
+        curves = load_curves(Store(results), grid)
+        for path in write_plots(frame, curves, plots, include_running=include_running):
             err.print(f"wrote {escape(str(path))}", highlight=False)
     if output is not None:
         from bioscale.store import atomic_write_text

@@ -43,7 +43,7 @@ class InlineExecutor(Executor):
         self.lease_timeout = lease_timeout
 
     def run(self, jobs: list[Job], store: Store, on_event: EventHandler | None = None) -> list[JobResult]:
-        from bioscale.train import run_job
+        from bioscale.distributed import run_job  # one process, or torchrun for a DDP job
 
         on_event = on_event or ignore
         if self.threads:
@@ -252,7 +252,7 @@ def _run_in_worker(job: Job, root: str, threads: int, lease_timeout: float) -> J
     global _IN_JOB
     import torch
 
-    from bioscale.train import run_job
+    from bioscale.distributed import run_job  # one process, or torchrun for a DDP job
 
     torch.set_num_threads(threads)
     put = _EVENTS.put if _EVENTS is not None else None
@@ -280,7 +280,9 @@ def _drain(events: Any, on_event: EventHandler) -> None:
         on_event(event)
 
 
-EXECUTOR_PARAMS: dict[str, set[str]] = {"inline": {"threads"}, "local": {"workers", "threads", "jobs_per_gpu"}}
+EXECUTOR_PARAMS: dict[str, set[str]] = {"inline": {"threads"}, "local": {"workers", "threads", "jobs_per_gpu"},
+                                        "slurm": {"cluster", "array_parallelism", "wait", "poll_s", "max_timeouts",
+                                                  "signal_delay_s", "python", "queued_timeout_h"}}
 """Each executor's name and the parameters it takes: the one list grid validation and the CLI check."""
 
 
@@ -289,10 +291,15 @@ def executor_problem(spec: ExecutorSpec) -> str | None:
     allowed = EXECUTOR_PARAMS.get(spec.name)
     if allowed is None:
         return (f"Unknown executor {spec.name!r}. Use one of {', '.join(EXECUTOR_PARAMS)}: 'inline' (this "
-                "process) or 'local' (a pool of worker processes: --executor local --workers N).")
+                "process), 'local' (a pool of worker processes: --executor local --workers N) or 'slurm' (a "
+                "Slurm job array through submitit: --executor slurm).")
     extra = set(spec.params) - allowed
     if extra:
         return f"executor {spec.name!r} takes the parameters {sorted(allowed)}, not {sorted(extra)}."
+    if spec.name == "slurm":  # its parameters are not all integers; bioscale.slurm is torch- and submitit-free
+        from bioscale.slurm import params_problem
+
+        return params_problem(spec.params)
     for key, value in spec.params.items():  # workers, threads: a grid file could hold any YAML value
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             return f"executor {spec.name!r}: {key} is a positive integer (or null: the default), not {value!r}."
@@ -309,4 +316,8 @@ def make_executor(spec: ExecutorSpec | None, lease_timeout: float = DEFAULT_LEAS
     if spec.name == "local":
         return LocalExecutor(spec.params.get("workers"), spec.params.get("threads"), lease_timeout,
                              spec.params.get("jobs_per_gpu") or 1)
+    if spec.name == "slurm":
+        from bioscale.slurm import SlurmExecutor
+
+        return SlurmExecutor.from_params(spec.params, lease_timeout)
     return InlineExecutor(spec.params.get("threads"), lease_timeout)

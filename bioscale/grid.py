@@ -17,7 +17,7 @@ from bioscale.catalog import ARCHS, DATASETS, RULES, compat
 from bioscale.errors import GridError
 from bioscale.explain import explain
 from bioscale.gridfile import load_grid, load_yaml, parse_set
-from bioscale.gridkeys import COMPONENTS, IGNORED_BY_BACKWARD_RULES, check_match_keys
+from bioscale.gridkeys import COMPONENTS, IGNORED_BY_BACKWARD_RULES, check_match_keys, is_resource_key, job_resources
 from bioscale.job import Job, job_label
 from bioscale.registry import UnknownNameError
 from bioscale.spec import GridSpec, JobSpec
@@ -65,15 +65,22 @@ def expand(grid: GridSpec, sets: dict[str, Any] | None = None, source: str = "<g
             _set_path(raw, key, value, source)
         if any(_matches(raw, entry) for entry in grid.exclude):
             continue
+        resources: list[tuple[str, Any]] = []  # `resources.*` keys: where the job runs, not part of its spec
         for override in grid.overrides:
             if _matches(raw, override.where):
                 for key, value in override.set.items():
+                    if is_resource_key(key):
+                        resources.append((key, value))
+                        continue
                     _set_path(raw, key, copy.deepcopy(value), source)
         for key, value in (sets or {}).items():
+            if is_resource_key(key):
+                resources.append((key, value))
+                continue
             _set_path(raw, key, copy.deepcopy(value), source)
         label = ", ".join(f"{k}={v}" for k, v in combo.items()) or "the base job"
         spec = resolve(raw, f"{source} ({label})")
-        job = Job(grid.name, spec, job_label(spec, combo))
+        job = Job(grid.name, spec, job_label(spec, combo), job_resources(grid, resources, f"{source} ({label})"))
         if job.job_id in seen:  # an axis that does not change the resolved job (e.g. a default value)
             continue
         seen[job.job_id] = label

@@ -12,8 +12,8 @@ from pydantic import TypeAdapter, ValidationError
 
 from bioscale.catalog import ARCHS, DATASETS, RULES
 from bioscale.errors import GridError
-from bioscale.explain import model_of, short
-from bioscale.spec import GridSpec, JobSpec
+from bioscale.explain import explain, model_of, short
+from bioscale.spec import GridSpec, JobSpec, Resources
 
 COMPONENTS = ("dataset", "arch", "rule")
 """The named parts of a job; ``rule: fa`` is shorthand for ``rule: {name: fa}``."""
@@ -49,8 +49,47 @@ def check_match_keys(grid: GridSpec, sets: dict[str, Any], source: str) -> None:
         for key, value in override.where.items():
             _raise_for(key, value, components, f"{source}: overrides entry {i}, where", _MATCH_TAIL)
         for key in override.set:
+            if is_resource_key(key):  # where the job runs (resources.gpus_per_job), checked against Resources
+                problem = _walk(key, ["resources"], key.split(".")[1:], [Resources], _NO_VALUE)
+                if problem:
+                    raise GridError(f"{source}: overrides entry {i}, set: {problem}")
+                continue
             _raise_for(key, _NO_VALUE, components, f"{source}: overrides entry {i}, set",
                        "Keys in `set` are dotted paths into a job, like the axes' keys.")
+
+
+RESOURCES = "resources"
+"""Keys under it in an override's ``set`` (or ``--set``) change what a job's scheduler task asks for, not the job."""
+
+
+def is_resource_key(key: str) -> bool:
+    return key == RESOURCES or key.startswith(RESOURCES + ".")
+
+
+def job_resources(grid: GridSpec, sets: list[tuple[str, Any]], where: str) -> Resources | None:
+    """The grid's ``resources:`` with one job's ``resources.*`` sets applied in order (a whole ``resources``
+    mapping is merged), validated; raises ``GridError`` naming the key."""
+    if not sets:
+        return grid.resources
+    raw: dict[str, Any] = grid.resources.model_dump(exclude_unset=True) if grid.resources else {}
+    for key, value in sets:
+        parts = key.split(".")[1:]
+        if not parts:
+            if not isinstance(value, dict):
+                raise GridError(f"{where}: resources is a mapping of settings (partition, gpus_per_job, ...), not "
+                                f"{short(value)}.")
+            raw.update(value)
+            continue
+        node = raw
+        for part in parts[:-1]:
+            child = node.get(part)
+            node[part] = child = dict(child) if isinstance(child, dict) else {}
+            node = child
+        node[parts[-1]] = value
+    try:
+        return Resources.model_validate(raw)
+    except ValidationError as exc:
+        raise GridError(f"{where}: {explain(exc, Resources, prefix='resources')}") from None
 
 
 def _raise_for(key: str, value: Any, components: dict[str, list[Any] | None], where: str, tail: str) -> None:

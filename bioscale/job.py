@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from bioscale.spec import JobSpec
+from bioscale.spec import JobSpec, Resources
 
 
 @dataclass(frozen=True)
@@ -15,6 +15,8 @@ class Job:
     spec: JobSpec
     label: str
     """A short readable name for progress and messages (``job_label``: "dtp/alt lc mnist s0")."""
+    resources: Resources | None = None
+    """What its scheduler task asks for (the grid's ``resources:`` with this job's overrides); not in its id."""
 
     @property
     def job_id(self) -> str:

@@ -7,10 +7,11 @@ import os
 import platform
 import socket
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 import bioscale
-from bioscale.spec import Provenance
+from bioscale.spec import Provenance, Scheduler
 
 
 def now() -> str:
@@ -40,4 +41,23 @@ def collect(device: str | None = None) -> Provenance:
     return Provenance(bioscale_version=bioscale.__version__, torch_version=torch_version,
                       python_version=platform.python_version(), device=device,
                       hostname=socket.gethostname(), pid=os.getpid(), git_commit=git_commit(),
-                      started_at=now(), visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
+                      started_at=now(), visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+                      scheduler=scheduler_from_env())
+
+
+def scheduler_from_env(env: Mapping[str, str] | None = None) -> Scheduler | None:
+    """The scheduler job this process runs in, from the variables Slurm and submitit set: a task submitted by
+    ``--executor slurm`` (any cluster), or any ``bioscale run`` started inside a Slurm job."""
+    env = os.environ if env is None else env
+    executor = env.get("SUBMITIT_EXECUTOR", "")
+    if executor == "local" and env.get("SUBMITIT_LOCAL_JOB_ID"):
+        return Scheduler(name="local", job_id=env["SUBMITIT_LOCAL_JOB_ID"])
+    if env.get("SUBMITIT_DEBUG_JOB_ID"):
+        return Scheduler(name="debug", job_id=env["SUBMITIT_DEBUG_JOB_ID"])
+    if not env.get("SLURM_JOB_ID"):
+        return None
+    array, task = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
+    restarts = env.get("SLURM_RESTART_COUNT", "0")
+    return Scheduler(name="slurm", job_id=f"{array}_{task}" if array and task else env["SLURM_JOB_ID"],
+                     array_job_id=array or None, array_task_id=task or None,
+                     restarts=int(restarts) if restarts.isdigit() else 0)

@@ -162,7 +162,7 @@ def run_plan(planned: Plan, executor: str | ExecutorSpec | Executor | None = Non
         try:
             done = runner.run(todo, planned.store, on_event) if todo else []
         except Interrupted as exc:
-            exc.message = interrupted_message(exc, planned)
+            exc.message = exc.message or interrupted_message(exc, planned)  # an executor may know better
             raise
     return RunSummary(planned.grid.name, planned.results_dir, planned.jobs, planned.skipped, unwritable + done)
 
@@ -213,7 +213,7 @@ def run_grid(grid: str | Path | GridSpec, results: str | Path = "results",
     if preflight:
         from bioscale.preflight import preflight as check
 
-        check(planned)
+        check(planned, devices=getattr(runner, "runs_here", True))  # a Slurm job's GPU is not on this machine
     return run_plan(planned, runner, on_event=on_event)
 
 

@@ -8,7 +8,18 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    model_validator,
+)
+
+from bioscale.ids import added
 
 Status = Literal["done", "failed", "diverged", "running", "pending"]
 
@@ -96,6 +107,21 @@ class OptimSpec(Strict):
     schedule: LRSchedule | None = None
 
 
+class DistributedSpec(Strict):
+    """One job across several processes (GPUs) with torch.distributed, launched by torchrun
+    (``bioscale.distributed``). ``train.batch_size`` stays the global batch: each of the
+    nproc_per_node * nnodes ranks trains on its share of it, and the job computes what one process computes
+    on the whole batch (exactly, for nets without batch norm or with ``sync_bn``)."""
+
+    nproc_per_node: PositiveInt = 1
+    """Processes per node: one per GPU (on the CPU, gloo processes that share the cores)."""
+    nnodes: PositiveInt = 1
+    """Nodes; more than one needs the slurm executor, which starts torchrun on each node."""
+    sync_bn: bool = False
+    """Batch norm over the global batch (``GlobalBatchNorm``). Default: each rank normalises its own part of
+    the batch, as Xiao et al.'s DataParallel code does per GPU."""
+
+
 class TrainSpec(Strict):
     epochs: PositiveInt = 500
     batch_size: PositiveInt = 128
@@ -110,6 +136,9 @@ class TrainSpec(Strict):
     diagnostics_every: int = Field(1, ge=0)
     """Epochs between diagnostics (alignment angles, ...); 0 turns them off."""
     num_workers: int = Field(4, ge=0)
+    distributed: DistributedSpec = added(default_factory=DistributedSpec)
+    """Processes the job runs on (``--nproc-per-node``). Part of the job id when it is not one process: per-rank
+    batch norm makes the result depend on it."""
 
 
 # Fields that say where or how fast a job runs, not what it computes: they stay out of the job id, so
@@ -144,6 +173,117 @@ class ExecutorSpec(Component):
     """Where jobs run: ``inline``, ``local`` (a process pool) or ``slurm``."""
 
 
+_MEM = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT])(?:I?B)?")
+_MEM_PER_GB = {"K": 1 / 1024**2, "M": 1 / 1024, "G": 1.0, "T": 1024.0}
+_TIME = re.compile(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?")
+SBATCH_MANAGED = {
+    "array": "bioscale submits one array per resource set", "output": "logs go under each job's directory",
+    "error": "logs go under each job's directory", "signal": "submitit's preemption signal (USR2) is needed",
+    "open-mode": "requeued tasks append to their log", "job-name": "it names the grid",
+    "partition": "use resources.partition (--partition)", "time": "use resources.time (--time)",
+    "mem": "use resources.mem (--mem)", "gpus-per-node": "use resources.gpus_per_job (--gpus-per-job)",
+    "cpus-per-task": "use resources.cpus_per_task (--cpus-per-task)", "account": "use resources.account (--account)",
+    "qos": "use resources.qos (--qos)", "nodes": "one job runs on one node", "ntasks-per-node": "one task per job",
+}
+"""sbatch options that bioscale sets itself, and why each may not be given as an extra option."""
+
+
+def _check_mem(value: Any) -> Any:
+    """GB: a number (GB) or a string with a unit, 64G, 500M, 1.5T (a bare "64" is refused: sbatch reads it as MB)."""
+    if isinstance(value, str):
+        found = _MEM.fullmatch(value.strip().upper())
+        if not found:
+            raise ValueError("memory is a number of GB or a size with a unit such as 64G, 500M or 1T")
+        return float(found.group(1)) * _MEM_PER_GB[found.group(2)]
+    return value
+
+
+def _check_time(value: Any) -> Any:
+    """A Slurm time string, normalised to D-HH:MM:SS. Numbers are refused: YAML reads an unquoted 24:00:00 as
+    the number 86400, which would silently become 60 days."""
+    if isinstance(value, (bool, int, float)):
+        raise ValueError("a time limit is a quoted Slurm time string such as '24:00:00', '2-00:00:00' or '90' "
+                         "(minutes); quote it in YAML, which reads an unquoted 24:00:00 as the number 86400")
+    if not isinstance(value, str):
+        return value
+    minutes = slurm_minutes(value)
+    if minutes is None or minutes < 1:
+        raise ValueError("a time limit is a Slurm time: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS, at "
+                         "least one minute, e.g. '24:00:00' or '2-00:00:00'")
+    days, rest = divmod(minutes, 24 * 60)
+    return f"{days}-{rest // 60:02d}:{rest % 60:02d}:00"
+
+
+def slurm_minutes(text: str) -> int | None:
+    """Minutes (rounded up) of a Slurm time string, or None if it is not one."""
+    found = _TIME.fullmatch(text.strip())
+    if not found:
+        return None
+    days, a, b, c = (int(g) if g is not None else None for g in found.groups())
+    if days is not None:  # D-HH, D-HH:MM, D-HH:MM:SS
+        seconds = days * 86400 + a * 3600 + (b or 0) * 60 + (c or 0)
+    elif c is not None:  # HH:MM:SS
+        seconds = a * 3600 + b * 60 + c
+    elif b is not None:  # MM:SS
+        seconds = a * 60 + b
+    else:  # MM
+        seconds = a * 60
+    return -(-seconds // 60)
+
+
+def _check_sbatch(value: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, item in value.items():
+        name = key.strip().lstrip("-").replace("_", "-")
+        if not re.fullmatch(r"[a-z][a-z0-9-]*", name):
+            raise ValueError(f"{key!r} is not an sbatch long option name (like constraint or mail-type)")
+        if name in SBATCH_MANAGED:
+            raise ValueError(f"--{name} is set by bioscale ({SBATCH_MANAGED[name]})")
+        if item is False or item is None or isinstance(item, (dict, list)):
+            raise ValueError(f"--{name}: give a value (text or a number), or true for a flag such as exclusive")
+        out[name] = item
+    return out
+
+
+class Resources(Strict):
+    """What one scheduler task asks for: ``resources:`` in a grid, per job through an override's
+    ``set: {resources.gpus_per_job: 2}``, or ``bioscale run`` flags. Where a job runs, not what it computes:
+    never part of a job id. Unset values are left to the cluster's defaults."""
+
+    partition: str | None = None
+    gpus_per_job: int | None = Field(None, ge=0)
+    cpus_per_task: PositiveInt | None = None
+    """Also the job's torch threads, so a requeued job computes with the same thread count."""
+    mem: Annotated[PositiveFloat | None, BeforeValidator(_check_mem)] = None
+    """GB (``64``, ``"64G"``, ``"500M"``)."""
+    time: Annotated[str | None, BeforeValidator(_check_time)] = None
+    """Time limit per run of a task, as Slurm writes it (``"24:00:00"``); a job that reaches it saves its epochs,
+    requeues itself and resumes."""
+    account: str | None = None
+    qos: str | None = None
+    sbatch: Annotated[dict[str, str | int | float | bool], AfterValidator(_check_sbatch)] = Field(default_factory=dict)
+    """Extra ``#SBATCH --key=value`` lines (``true``: a flag such as ``--exclusive``)."""
+    setup: list[str] = Field(default_factory=list)
+    """Shell lines run before the task on the node, e.g. ``module load cuda``."""
+
+    @property
+    def minutes(self) -> int | None:
+        return slurm_minutes(self.time) if self.time is not None else None
+
+
+class Scheduler(Strict):
+    """The scheduler job that ran a job (``result.json``'s ``provenance.scheduler``)."""
+
+    name: str
+    """slurm, local or debug (submitit's clusters)."""
+    job_id: str
+    """As ``squeue``/``sacct`` show it: ``1234_5`` for task 5 of array 1234."""
+    array_job_id: str | None = None
+    array_task_id: str | None = None
+    restarts: int = 0
+    """How often Slurm requeued it (preemption, time limit): ``SLURM_RESTART_COUNT``."""
+
+
 class GridSpec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
     """A folder name under the results directory: letters, digits, ``_.-``, at most 100 characters."""
@@ -155,6 +295,8 @@ class GridSpec(Strict):
     exclude: list[dict[str, Any]] = Field(default_factory=list)
     overrides: list[Override] = Field(default_factory=list)
     executor: ExecutorSpec | None = None
+    resources: Resources | None = None
+    """What each scheduler task asks for (``executor: slurm``); per job through ``overrides``."""
 
 
 class Provenance(Strict):
@@ -169,6 +311,8 @@ class Provenance(Strict):
     git_commit: str | None = None
     started_at: str
     finished_at: str | None = None
+    scheduler: Scheduler | None = None
+    """The Slurm (or submitit local/debug) job this run was part of, if any."""
 
 
 class EpochMetrics(Strict):

@@ -3,6 +3,10 @@
 It never looks at which rule it runs: a rule's ``phases``, ``train_step`` and ``diagnostics`` are all it
 calls. Errors are in %, the best over epochs, as Bartunov et al. report ("best errors achieved in 500
 epochs"); ``epoch_time_s`` is the median time of the training passes of one epoch, evaluation excluded.
+
+In a distributed job (``bioscale.distributed``) this process is one rank: rank 0 claims the job, writes the
+store and the checkpoints; every rank builds the same model from the same seed, trains on its rows of each
+global batch, and resumes from the same checkpoint; metrics are sums over the ranks.
 """
 
 from __future__ import annotations
@@ -20,10 +24,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bioscale import claims
+from bioscale import claims, distributed
 from bioscale.checkpoint import CheckpointError, UnsafeCheckpoint, load_checkpoint
 from bioscale.data import LoaderSettings, load_data
 from bioscale.data.base import DataBundle
+from bioscale.data.loaders import first_batch
 from bioscale.events import JobProgress
 from bioscale.interrupts import Interrupted
 from bioscale.job import Job
@@ -89,34 +94,72 @@ def run_job(job: Job, store: Store, on_progress: ProgressFn | None = None,
     written. A job another process holds is left alone (returned as ``running``, nothing written). An
     interrupt (``Interrupted``) leaves the job resumable: its finished epochs are saved, it is recorded as
     ``pending`` with a note, its lease is released, and the interrupt is raised again.
+
+    When this process is a rank of a distributed job, rank 0 does all of the above and tells the other ranks
+    whether to train (``_decided``); they train alongside it and write nothing (``_follow``). A job that asks
+    for several processes, called outside a process group, is launched under torchrun
+    (``bioscale.distributed.launch``).
     """
     jdir = store.job_dir(job.grid, job.job_id)
+    group = distributed.current()
+    if group is None and distributed.world_size(job.spec) > 1:  # never one process under an N-process job id
+        return distributed.launch(job, store, on_progress, lease_timeout)
+    if group is not None and not group.is_main:
+        return _follow(job, jdir, group)
     try:
         claim = claims.acquire(jdir.path, lease_timeout)
     except OSError as exc:
-        return _unwritable(job, exc)
+        return _decided(group, _unwritable(job, exc))
     if claim is None:
         holder = claims.live_lease(jdir.path)
         where = f" (pid {holder.pid} on {holder.host})" if holder else ""
-        return JobResult(job_id=job.job_id, grid=job.grid, status="running",
-                         error=f"held by another process{where}; left alone")
+        return _decided(group, JobResult(job_id=job.job_id, grid=job.grid, status="running",
+                                         error=f"held by another process{where}; left alone"))
     with claim:
-        return _run_claimed(job, jdir, claim, on_progress)
+        return _run_claimed(job, jdir, claim, on_progress, group)
 
 
-def _run_claimed(job: Job, jdir: JobDir, claim: claims.Claim, on_progress: ProgressFn | None) -> JobResult:
+def _decided(group: distributed.Group | None, result: JobResult) -> JobResult:
+    """Rank 0 will not train: tell the other ranks (they return the same result)."""
+    if group is not None:
+        group.broadcast(("skip", result.model_dump(mode="json")), "telling the ranks not to train")
+    return result
+
+
+def _follow(job: Job, jdir: JobDir, group: distributed.Group) -> JobResult:
+    """A rank other than 0: train alongside rank 0 if it claimed the job, writing nothing. Outcomes every rank
+    reaches together (divergence, a lost lease, ranks that disagree) end it quietly, since rank 0 records
+    them; any other error propagates, so the rank exits with it and torchrun names it as the root cause."""
+    decision, data = group.broadcast(None, "waiting for rank 0's claim")
+    if decision != "train":
+        return JobResult.model_validate(data)
+    trainer = Trainer(job, jdir, group=group)
+    try:
+        return trainer.fit()
+    except Diverged:
+        return trainer.partial_result("diverged")
+    except (LeaseLost, distributed.ReplicaMismatch) as exc:
+        result = trainer.partial_result("failed")
+        result.error = f"{type(exc).__name__}: {exc}"
+        return result
+
+
+def _run_claimed(job: Job, jdir: JobDir, claim: claims.Claim, on_progress: ProgressFn | None,
+                 group: distributed.Group | None = None) -> JobResult:
     jdir.clean_temporary()  # what a kill left behind; safe now that this process holds the job
     previous = jdir.finished()
     if previous is not None:
         claim.note = "already finished"
-        return previous  # finished by another process between planning and claiming
+        return _decided(group, previous)  # finished by another process between planning and claiming
     provenance = collect()
     try:
         jdir.write_spec(job.grid, job.spec)
         jdir.write_result(JobResult(job_id=job.job_id, grid=job.grid, status="running", provenance=provenance))
     except OSError as exc:
-        return _unwritable(job, exc)
-    trainer = Trainer(job, jdir, on_progress, owns=lambda: not claim.lost)
+        return _decided(group, _unwritable(job, exc))
+    if group is not None:
+        group.broadcast(("train", None), "telling the ranks to train")
+    trainer = Trainer(job, jdir, on_progress, owns=lambda: not claim.lost, group=group)
     interrupted: Interrupted | None = None
     try:
         result = trainer.fit()
@@ -131,6 +174,10 @@ def _run_claimed(job: Job, jdir: JobDir, claim: claims.Claim, on_progress: Progr
         result = trainer.partial_result("pending")
         result.error = (f"interrupted by {exc.name} after {len(trainer.metrics)} of {job.spec.train.epochs} "
                         "epochs (all saved); run the same command to resume")
+    except distributed.PeerLost as exc:  # another rank stopped: resumable; the launcher records why if it failed
+        result = trainer.partial_result("pending")
+        result.error = (f"stopped after {len(trainer.metrics)} of {job.spec.train.epochs} epochs (all saved): "
+                        f"{exc} Run the same command to resume.")
     except Exception as exc:  # recorded as failed; the other jobs go on
         result = trainer.partial_result("failed")
         tb = traceback.format_exc(limit=-3)
@@ -139,6 +186,8 @@ def _run_claimed(job: Job, jdir: JobDir, claim: claims.Claim, on_progress: Progr
         result.error = f"{result.error}\n{trainer.restart_note}" if result.error else trainer.restart_note
     result.rule_setup = trainer.rule_setup
     provenance.device = str(trainer.device) if trainer.device is not None else None
+    if group is not None and provenance.device is not None:
+        provenance.device += f" (rank 0 of {group.world}, {group.backend})"
     provenance.finished_at = now()
     result.provenance = provenance
     result.wall_time_s = trainer.wall_time()
@@ -162,8 +211,12 @@ def _unwritable(job: Job, exc: OSError) -> JobResult:
 
 class Trainer:
     def __init__(self, job: Job, jdir: JobDir, on_progress: ProgressFn | None = None,
-                 owns: Callable[[], bool] | None = None) -> None:
+                 owns: Callable[[], bool] | None = None, group: distributed.Group | None = None) -> None:
         self.job = job
+        self.group = group
+        """The ranks of a distributed job (None: this process alone)."""
+        self.writes = group is None or group.is_main
+        """Only rank 0 writes metrics and checkpoints."""
         self.owns = owns
         """False once another process took the job over: then nothing more may be written."""
         self.spec: JobSpec = job.spec
@@ -183,17 +236,29 @@ class Trainer:
     # -- setup -------------------------------------------------------------------------------------------
     def build(self) -> tuple[DataBundle, nn.Module, Rule]:
         spec = self.spec
-        self.device = resolve_device(spec.train.device)
+        group = self.group
+        self.device = group.device if group is not None else resolve_device(spec.train.device)
         seed_everything(spec.seed)
         ctx = LoaderSettings(spec.train.batch_size, spec.train.eval_batch_size, self.device, spec.seed,
                           spec.train.num_workers)
+        if group is not None and not group.is_main:  # rank 0 downloads or builds caches first, alone
+            group.barrier("waiting for rank 0 to load the data")
         data = load_data(spec.dataset, ctx)
+        if group is not None:
+            if group.is_main:
+                group.barrier("waiting for rank 0 to load the data")
+            data = distributed.shard_bundle(data, group)
         seed_everything(spec.seed)  # the model's init does not depend on what loading the data drew
         rule = build_rule(spec)
         model = rule.prepare(build_model(spec.arch, data.info))
+        if group is not None and spec.train.distributed.sync_bn:
+            model = distributed.convert_sync_batchnorm(model)
         self.rule_setup = rule.describe()
         model.to(self.device)
         rule.setup(self.device, spec.train.amp)
+        if group is not None:  # every rank drew the same matrices from the same seed: checked, not assumed
+            distributed.GradientSync(group, rule).attach()
+            distributed.check_replicas(group, model, rule, "after building the model")
         if spec.train.compile:
             rule.model = torch.compile(model)
         return data, model, rule
@@ -203,6 +268,7 @@ class Trainer:
         data, model, rule = self.build()
         start = self.restore(model, rule)
         train = self.spec.train
+        group = self.group
         for epoch in range(start, train.epochs):
             try:
                 train_time, train_loss, running_error = self.train_epoch(epoch, data, model, rule)
@@ -212,24 +278,32 @@ class Trainer:
                 raise Diverged(f"training overflowed in epoch {epoch + 1}: {type(exc).__name__}: {exc}") from exc
             if not math.isfinite(train_loss):
                 raise Diverged(f"training loss is {train_loss} in epoch {epoch + 1}")
-            test_error, top5, test_loss = evaluate(model, data.test, rule)
+            if group is not None:
+                distributed.broadcast_norm_buffers(group, model)
+            test_error, top5, test_loss = evaluate(model, data.test, rule, group)
             if train.train_error == "running" and running_error is not None:
                 train_error = running_error
             else:
-                train_error = evaluate(model, data.train_eval, rule)[0]
+                train_error = evaluate(model, data.train_eval, rule, group)[0]
             diagnostics: dict[str, float] = {}
             if train.diagnostics_every and (epoch + 1) % train.diagnostics_every == 0:
-                x, y = next(iter(data.train_eval))
+                # every rank on the same whole batch (diagnostics may run collectives, e.g. global batch norm)
+                x, y = next(iter(data.train_eval)) if group is None else first_batch(data.train_eval)
                 diagnostics = rule.diagnostics(x, y)
             self.metrics.append(EpochMetrics(
                 epoch=epoch + 1, train_loss=train_loss, train_error=train_error, test_error=test_error,
                 test_loss=test_loss, top5_error=top5, epoch_time_s=train_time, lr=rule.current_lr(),
                 diagnostics=diagnostics))
-            if self.owns is not None and not self.owns():
+            lost = self.owns is not None and not self.owns()
+            if group is not None:
+                distributed.check_replicas(group, model, rule, f"after epoch {epoch + 1}")
+                lost = bool(group.broadcast(lost, "sharing the lease's state"))
+            if lost:
                 raise LeaseLost(f"lease on {self.jdir.path} lost in epoch {epoch + 1}")
-            self.jdir.write_metrics(self.metrics)
-            if train.checkpoint:
-                self.save(model, rule, epoch + 1)
+            if self.writes:
+                self.jdir.write_metrics(self.metrics)
+                if train.checkpoint:
+                    self.save(model, rule, epoch + 1)
             self.report(epoch + 1, len(data.train), len(data.train), train_loss, test_error)
         return self.partial_result("done")
 
@@ -239,6 +313,7 @@ class Trainer:
         rule.begin_epoch(epoch)
         data.train.set_epoch(epoch)
         model.train()
+        group = self.group
         steps = len(data.train)
         every = max(1, steps // 20)
         loss_sum = torch.zeros((), device=self.device)
@@ -250,23 +325,36 @@ class Trainer:
         for phase in rule.phases(epoch):
             rule.begin_phase(phase)
             for i, (x, y) in enumerate(data.train):
+                shard = getattr(data.train, "current_shard", None) if group is not None else None
+                if group is not None:
+                    distributed.set_step_shard(rule, shard)
                 out = rule.train_step(x, y)
-                loss_sum += out.loss.float() * len(y)
-                seen += len(y)
+                counts = shard is None or shard.counts  # a batch every rank holds whole counts once
                 if out.logits is None:
                     has_logits = False
-                elif running:
-                    wrong += (out.logits.argmax(1) != y).sum()
+                if counts:
+                    loss_sum += out.loss.float() * len(y)
+                    seen += len(y)
+                    if out.logits is not None and running:
+                        wrong += (out.logits.argmax(1) != y).sum()
                 if (i + 1) % every == 0:  # the only host syncs inside the epoch
                     loss = float(out.loss)
+                    if group is not None:  # the global batch's loss, so every rank decides alike
+                        total, n = group.sum([loss * len(y) if counts else 0.0, len(y) if counts else 0])
+                        loss = total / n if n else loss
                     if not math.isfinite(loss):
                         raise Diverged(f"training loss is {loss} in epoch {epoch + 1}, step {i + 1}")
                     self.report(epoch + 1, i + 1, steps, loss, None)
         if self.device is not None and self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         elapsed = time.perf_counter() - t0
-        error = 100.0 * float(wrong) / seen if running and has_logits and seen else None
-        return elapsed, float(loss_sum) / max(seen, 1), error
+        total_loss, wrong_n = float(loss_sum), float(wrong)
+        if group is not None:
+            distributed.set_step_shard(rule, None)
+            total_loss, wrong_n, seen_f, no_logits = group.sum([total_loss, wrong_n, seen, 0 if has_logits else 1])
+            seen, has_logits = int(seen_f), no_logits == 0
+        error = 100.0 * wrong_n / seen if running and has_logits and seen else None
+        return elapsed, total_loss / max(seen, 1), error
 
     def report(self, epoch: int, step: int, steps: int, loss: float | None, test_error: float | None) -> None:
         if self.on_progress is not None:
@@ -276,17 +364,27 @@ class Trainer:
     # -- checkpoints -------------------------------------------------------------------------------------
     def save(self, model: nn.Module, rule: Rule, epochs_done: int) -> None:
         """Write the state to resume from. Only tensors and plain data (what ``bioscale.checkpoint.KEYS``
-        lists), so ``restore`` can read it with the safe loader."""
+        lists), so ``restore`` can read it with the safe loader. Rank 0 of a distributed job writes it for all."""
         state = {
             "epochs_done": epochs_done,
             "model": model.state_dict(),
             "rule": rule.state_dict(),
             "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "cuda_rng": self._cuda_rng(),
             "python_rng": random.getstate(),
             "wall_time_s": self.wall_time(),
         }
         atomic_write(self.jdir.checkpoint, lambda f: torch.save(state, f))
+
+    def _cuda_rng(self) -> list[Tensor]:
+        """Every GPU's generator; in a distributed job only this rank's GPU's, which every rank restores into
+        its own GPU (the ranks' streams are equal, each on its own device)."""
+        if not torch.cuda.is_available():
+            return []
+        if self.group is None:
+            return torch.cuda.get_rng_state_all()
+        on_gpu = self.device is not None and self.device.type == "cuda"
+        return [torch.cuda.get_rng_state(self.device)] if on_gpu else []
 
     def restore(self, model: nn.Module, rule: Rule) -> int:
         """Resume from the last consistent point; returns the number of epochs already done.
@@ -296,7 +394,32 @@ class Trainer:
         its epochs. Otherwise the checkpoint and metrics are set aside (never deleted) and the job starts from
         epoch 0 exactly as a fresh one would: a checkpoint ahead of its metrics cannot give back the model of
         the last epoch that has metrics. Damaged metrics lines after the checkpoint's epochs are set aside and
-        the consistent ones kept. ``restart_note`` says what was done, for the job's result."""
+        the consistent ones kept. ``restart_note`` says what was done, for the job's result.
+
+        In a distributed job rank 0 decides all that, then every other rank loads the same checkpoint file (no
+        rank writes until the next epoch ends, which needs them all) and the ranks' states are compared."""
+        group = self.group
+        if group is None:
+            return self._restore(model, rule)
+        done = self._restore(model, rule) if group.is_main else 0
+        done = int(group.broadcast(done, "sharing the epoch to resume from"))
+        problem = None
+        if done and not group.is_main:
+            try:
+                state = load_checkpoint(self.jdir.checkpoint, self.device)
+                if int(state["epochs_done"]) != done:
+                    raise CheckpointError(f"it is at epoch {state['epochs_done']}, rank 0 resumed from {done}")
+                self._apply(state, model, rule)
+            except Exception as exc:
+                problem = f"rank {group.rank}: {type(exc).__name__}: {exc}"
+        problems = [p for p in group.gather(problem, "sharing checkpoint problems") if p]
+        if problems:
+            raise CheckpointError(f"not every rank could resume from {self.jdir.checkpoint}: {'; '.join(problems)}")
+        self.metrics = group.broadcast(self.metrics if group.is_main else None, "sharing the metrics")
+        distributed.check_replicas(group, model, rule, f"after resuming from epoch {done}")
+        return done
+
+    def _restore(self, model: nn.Module, rule: Rule) -> int:
         self.jdir.clean_temporary()  # leftovers of a kill; the job is ours now
         notes = list(self.jdir.notes)  # a damaged spec.json or result.json kept aside when the job started
         rows, problems = self.jdir.scan_metrics()
@@ -334,14 +457,21 @@ class Trainer:
         if done > consistent:
             why = f": {'; '.join(problems)}" if problems else ""
             raise _Mismatch(f"it is at epoch {done} but metrics.jsonl holds {consistent} consistent epochs{why}")
+        self._apply(state, model, rule)
+        return done
+
+    def _apply(self, state: dict[str, Any], model: nn.Module, rule: Rule) -> None:
+        """Put a loaded checkpoint's state into the model, the rule and the random generators."""
         model.load_state_dict(state["model"])
         rule.load_state_dict(state["rule"])
         torch.set_rng_state(state["torch_rng"].cpu())
         if state["cuda_rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+            if self.group is None:
+                torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+            elif self.device is not None and self.device.type == "cuda":
+                torch.cuda.set_rng_state(state["cuda_rng"][0].cpu(), self.device)
         random.setstate(state["python_rng"])
         self.previous_wall_time = float(state["wall_time_s"])
-        return done
 
     @staticmethod
     def _snapshot(model: nn.Module, rule: Rule) -> dict[str, Any]:
@@ -416,8 +546,12 @@ def _ranges(numbers: list[int]) -> str:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Any, rule: Rule) -> tuple[float, float | None, float]:
-    """(top-1 error %, top-5 error % or None when there are 5 classes or fewer, mean cross-entropy)."""
+def evaluate(model: nn.Module, loader: Any, rule: Rule, group: distributed.Group | None = None
+             ) -> tuple[float, float | None, float]:
+    """(top-1 error %, top-5 error % or None when there are 5 classes or fewer, mean cross-entropy).
+
+    With ``group`` the loader is sharded: each rank evaluates its rows and the counts are summed over the ranks
+    (a batch too small to split, which every rank holds whole, is evaluated by rank 0 only)."""
     was_training = model.training
     model.eval()
     wrong1 = torch.zeros((), dtype=torch.long)
@@ -426,6 +560,9 @@ def evaluate(model: nn.Module, loader: Any, rule: Rule) -> tuple[float, float | 
     n = 0
     top5 = True
     for x, y in loader:
+        shard = getattr(loader, "current_shard", None) if group is not None else None
+        if shard is not None and not shard.counts:
+            continue
         with rule.autocast():
             logits: Tensor = model(x)
         logits = logits.float()
@@ -437,5 +574,9 @@ def evaluate(model: nn.Module, loader: Any, rule: Rule) -> tuple[float, float | 
         loss_sum = loss_sum.to(logits.device) + nn.functional.cross_entropy(logits, y, reduction="sum")
         n += len(y)
     model.train(was_training)
+    w1, w5, total = float(wrong1), float(wrong5), float(loss_sum)
+    if group is not None:
+        w1, w5, total, n_f, not_top5 = group.sum([w1, w5, total, n, 0 if top5 else 1], "summing evaluation counts")
+        n, top5 = int(n_f), not_top5 == 0
     n = max(n, 1)
-    return 100.0 * float(wrong1) / n, (100.0 * float(wrong5) / n if top5 else None), float(loss_sum) / n
+    return 100.0 * w1 / n, (100.0 * w5 / n if top5 else None), total / n

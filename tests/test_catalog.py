@@ -17,6 +17,7 @@ from bioscale.catalog.discover import component_modules
 from bioscale.errors import GridError
 from bioscale.grid import resolve
 from bioscale.listing import list_table, rows
+from bioscale.report.frame import JOB_COLUMNS
 from bioscale.report.names import column_of, method_of, method_rank
 from bioscale.report.paper_layout import paper_table
 from bioscale.rules.base import BackwardRule, Rule
@@ -115,11 +116,11 @@ def test_list_shows_every_registration_and_keeps_brackets(kind: str) -> None:
 def test_paper_layout_rows_follow_the_registered_order() -> None:
     keys = [(r.name, s, "fc") for r in RULES.values()
             for s in (["parallel", "alternating"] if r.family == "target" else [""])] + [("bp", "", "conv")]
-    frame = pd.DataFrame([{"rule": r, "schedule": s, "arch": a, "dataset": "mnist", "train_error": 1.0,
-                           "test_error": 2.0, "top5_error": None, "paper_train_error": None,
-                           "paper_test_error": None, "paper_top5_error": None, "paper_note": None}
-                          for r, s, a in reversed(keys)])
-    table = paper_table(frame)
+    rows = [{**dict.fromkeys(JOB_COLUMNS), "grid": "g", "job_id": f"j{i}", "rule": r, "schedule": s, "arch": a,
+             "dataset": "mnist", "seed": 0, "status": "done", "epochs": 1, "planned_epochs": 1,
+             "train_error": 1.0, "test_error": 2.0, "setting": ""}
+            for i, (r, s, a) in enumerate(reversed(keys))]
+    table = paper_table(pd.DataFrame(rows, columns=JOB_COLUMNS)).text
     assert list(table["method"]) == [method_of(*k) for k in sorted(keys, key=lambda k: method_rank(*k))]
     assert list(table["method"])[:2] == ["DTP, parallel", "DTP, alternating"]
     assert list(table["method"])[-2:] == ["BP", "BP ConvNet"]

@@ -223,7 +223,7 @@ def test_freeze_appends_and_never_changes_a_baseline(monkeypatch: pytest.MonkeyP
         assert ids.freeze(frozen) == []
     table = json.loads(frozen.read_text())
     assert table["fields"] == original["fields"]
-    assert table["baselines"] == {f"rule:{name}": {"extra_knob": 0.0} for name in PATCHED}
+    assert table["baselines"] == {**original["baselines"], **{f"rule:{name}": {"extra_knob": 0.0} for name in PATCHED}}
     with monkeypatch.context() as m:  # a later release changes the default and, wrongly, the baseline with it
         _patch(m, extra_knob=(float, added(1.0)))
         found = ids.freeze(frozen)

@@ -35,6 +35,31 @@ class Loader(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class BatchShard:
+    """This rank's part of one global batch in a distributed job (``bioscale.distributed``).
+
+    ``rows`` picks the rank's examples out of the batch a single process would train on (every ``world``-th
+    row from ``rank``, DistributedSampler's interleaving); ``total`` is that batch's size. ``weight`` is the
+    rank's share of the batch-mean gradient, ``len(rows) / total``, so that the weighted sum over ranks of
+    their own batch means is the mean over the whole batch even when it does not split evenly. A batch too
+    small to give every rank an example is held whole by every rank (weight ``1 / world``) and counted in
+    the metrics by rank 0 only (``counts``), so no rank ever steps on an empty batch."""
+
+    rows: slice
+    total: int
+    weight: float
+    counts: bool = True
+
+
+def batch_shard(total: int, rank: int, world: int) -> BatchShard:
+    """Rank ``rank``'s share of a global batch of ``total`` examples among ``world`` ranks (see ``BatchShard``)."""
+    if total >= world:
+        rows = slice(rank, total, world)
+        return BatchShard(rows, total, len(range(rank, total, world)) / total)
+    return BatchShard(slice(0, total), total, 1.0 / world, counts=rank == 0)
+
+
 @dataclass
 class DataBundle:
     info: DataShape

@@ -5,16 +5,26 @@
   host-to-device copy per batch.
 - ``HostTensorLoader``: uint8 arrays in host RAM, batches gathered and copied as needed (downsampled ImageNet).
 - ``DeviceDataLoader``: a torch DataLoader with workers for file-backed sets (ImageNet, COCO).
+
+In a distributed job (``bioscale.distributed``) every loader is *sharded*: each rank gets its rows of the
+global batch that a single process would get at the same step (``bioscale.data.base.batch_shard``), in the
+same order and with the same augmentation, so N ranks train on exactly the batches one process trains on.
+``TensorLoader`` and ``DeviceDataLoader`` shard natively (``sharded``); any other loader is wrapped in
+``ShardedLoader``, which reads the global batch and keeps the rank's rows.
 """
 
 from __future__ import annotations
 
+import copy
+import itertools
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 import torch.utils.data
 from torch import Tensor
+
+from bioscale.data.base import BatchShard, batch_shard
 
 Augment = Callable[[Tensor, torch.Generator], Tensor]
 
@@ -40,6 +50,10 @@ class TensorLoader:
         self.augment = augment
         self.drop_last = drop_last
         self.epoch = 0
+        self.shard: tuple[int, int] | None = None
+        """(rank, world) once ``sharded``: every batch is then this rank's rows of the global batch."""
+        self.current_shard: BatchShard | None = None
+        """The shard of the batch last yielded (None when not sharded)."""
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -47,6 +61,22 @@ class TensorLoader:
     def __len__(self) -> int:
         n = len(self.x)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def sharded(self, rank: int, world: int) -> TensorLoader:
+        """This rank's view of the loader. Every rank keeps the whole (small) set on its device and gathers
+        only its rows of each global batch: the order is the single process's, from the same (seed, epoch)
+        permutation. With augmentation the whole global batch is augmented and the rank keeps its rows, so
+        each example gets exactly the crop and flip one process would give it (augmenting a batch is a few
+        tensor ops; the random draws depend on the batch's size, not on who reads it)."""
+        other = copy.copy(self)
+        other.shard, other.current_shard = (rank, world), None
+        return other
+
+    def first_batch(self) -> tuple[Tensor, Tensor]:
+        """The first global batch (unsharded), for diagnostics every rank computes alike."""
+        whole = copy.copy(self)
+        whole.shard = None
+        return next(iter(whole))
 
     def _generators(self, seed: int) -> tuple[torch.Generator | None, torch.Generator | None]:
         """(for the order, for augmentation): one generator on the data's device, used for both."""
@@ -66,14 +96,23 @@ class TensorLoader:
         order = torch.randperm(n, device=self.x.device, generator=order_gen) if self.shuffle else None
         for i in range(len(self)):
             sl = slice(i * self.batch_size, min((i + 1) * self.batch_size, n))
+            part = batch_shard(sl.stop - sl.start, *self.shard) if self.shard is not None else None
+            local = part is not None and self.augment is None  # gather only this rank's rows
             if order is None:
                 xb, yb = self.x[sl], self.y[sl]
+                if local:
+                    xb, yb = xb[part.rows], yb[part.rows]  # type: ignore[union-attr]
             else:
                 idx = order[sl]
+                if local:
+                    idx = idx[part.rows]  # type: ignore[union-attr]
                 xb, yb = self.x[idx], self.y[idx]
             xb, yb = self._to_device(xb, yb)
             if self.augment is not None:
                 xb = self.augment(xb, aug_gen)  # type: ignore[arg-type]
+                if part is not None:
+                    xb, yb = xb[part.rows], yb[part.rows]
+            self.current_shard = part
             yield xb, yb
 
 
@@ -130,6 +169,30 @@ class EpochSampler(torch.utils.data.Sampler):
         return ((self.epoch, i) for i in order)
 
 
+class ShardedBatchSampler(torch.utils.data.Sampler):
+    """DistributedSampler's idea, made exact: the single process's global batches (``batch_size`` items of
+    ``sampler`` in its order), of which this rank yields its rows (``batch_shard``). torch's
+    ``DistributedSampler`` splits the whole epoch instead and pads it with repeated examples to a multiple of
+    the world size, so its last batches differ from a single process's; this one never repeats or drops an
+    example, and the union of the ranks' batches at step i is the single process's batch i."""
+
+    def __init__(self, sampler: torch.utils.data.Sampler, batch_size: int, drop_last: bool, rank: int,
+                 world: int) -> None:
+        self.sampler, self.batch_size, self.drop_last = sampler, batch_size, drop_last
+        self.rank, self.world = rank, world
+
+    def __len__(self) -> int:
+        n = len(self.sampler)  # type: ignore[arg-type]
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        items = iter(self.sampler)
+        while batch := list(itertools.islice(items, self.batch_size)):
+            if len(batch) < self.batch_size and self.drop_last:
+                return
+            yield batch[batch_shard(len(batch), self.rank, self.world).rows]
+
+
 class SeededDataset(torch.utils.data.Dataset):
     """Seeds torch's CPU generator from (seed, epoch, index) before reading example ``index``, so random
     transforms (torchvision's use that generator) give the same crop for the same (seed, epoch, index)
@@ -168,21 +231,35 @@ class DeviceDataLoader:
         num_workers: int = 0,
         drop_last: bool = False,
         collate_fn: Callable[[list], Any] | None = None,
+        shard: tuple[int, int] | None = None,
     ) -> None:
         self.device = torch.device(device)
+        self._settings = dict(dataset=dataset, batch_size=batch_size, device=device, shuffle=shuffle, seed=seed,
+                              num_workers=num_workers, drop_last=drop_last, collate_fn=collate_fn)
+        self.batch_size, self.size, self.collate_fn = batch_size, len(dataset), collate_fn  # type: ignore[arg-type]
+        self.shard = shard
+        """(rank, world) for a rank of a distributed job: batches are its rows of the global batches."""
+        self.current_shard: BatchShard | None = None
         self.sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=seed)  # type: ignore[arg-type]
+        batching: dict[str, Any] = {"batch_size": batch_size, "sampler": self.sampler, "drop_last": drop_last}
+        if shard is not None:
+            batching = {"batch_sampler": ShardedBatchSampler(self.sampler, batch_size, drop_last, *shard)}
         self.loader = torch.utils.data.DataLoader(
             SeededDataset(dataset, seed),
-            batch_size=batch_size,
-            sampler=self.sampler,
             num_workers=num_workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=num_workers > 0,
-            drop_last=drop_last,
             collate_fn=collate_fn,
             # Its own generator: the workers' base seed is drawn from it, not from the global one.
             generator=torch.Generator().manual_seed(seed),
+            **batching,
         )
+
+    def sharded(self, rank: int, world: int) -> DeviceDataLoader:
+        """This rank's loader: the same dataset and seeded order, batched by ``ShardedBatchSampler``. Each
+        rank reads only its own images; random crops and flips are seeded per (seed, epoch, image)
+        (``SeededDataset``), so an image is augmented alike whichever rank reads it."""
+        return DeviceDataLoader(**self._settings, shard=(rank, world))
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
@@ -191,8 +268,55 @@ class DeviceDataLoader:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[Any]:
-        for batch in self.loader:
+        for i, batch in enumerate(self.loader):
+            if self.shard is not None:
+                total = min(self.batch_size, self.size - i * self.batch_size)
+                self.current_shard = batch_shard(total, *self.shard)
             yield to_device(batch, self.device)
+
+    def first_batch(self) -> Any:
+        """The first global batch, read in this process (no worker pool is started for it): what every rank
+        of a distributed job computes its diagnostics on."""
+        keys = list(itertools.islice(iter(self.sampler), self.batch_size))
+        items = [self.loader.dataset[k] for k in keys]
+        return to_device((self.collate_fn or torch.utils.data.default_collate)(items), self.device)
+
+
+class ShardedLoader:
+    """Any ``Loader`` sharded from outside: it reads every global batch and keeps this rank's rows (a tuple
+    or list of tensors or lists, e.g. ``(x, y)`` or detection ``(images, targets)``). Exact like the native
+    sharding, at the price of each rank reading the whole batch; for loaders without ``sharded``."""
+
+    def __init__(self, inner: Any, rank: int, world: int) -> None:
+        self.inner, self.rank, self.world = inner, rank, world
+        self.current_shard: BatchShard | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.inner.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __iter__(self) -> Iterator[Any]:
+        for batch in self.inner:
+            part = batch_shard(len(batch[-1]), self.rank, self.world)
+            self.current_shard = part
+            yield type(batch)(item[part.rows] for item in batch)
+
+    def first_batch(self) -> Any:
+        return next(iter(self.inner))
+
+
+def shard_loader(loader: Any, rank: int, world: int) -> Any:
+    """``loader`` as rank ``rank`` of ``world`` sees it: its native ``sharded`` view, else ``ShardedLoader``."""
+    sharded = getattr(loader, "sharded", None)
+    return sharded(rank, world) if sharded is not None else ShardedLoader(loader, rank, world)
+
+
+def first_batch(loader: Any) -> Any:
+    """The first global batch of ``loader`` (for a sharded one, the whole batch, not the rank's rows)."""
+    first = getattr(loader, "first_batch", None)
+    return first() if first is not None else next(iter(loader))
 
 
 def to_device(obj: Any, device: torch.device) -> Any:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 from typing import Any
 
 import pandas as pd
 
-from bioscale.report.names import column_rank, method_rank, paper_dataset
+from bioscale.report.layers import layer_names
+from bioscale.report.names import arch_rank, column_rank, method_rank, paper_dataset
 from bioscale.report.references import find_reference
 from bioscale.store import Store, load_rows
 
@@ -15,10 +17,33 @@ JOB_COLUMNS = [
     "grid", "job_id", "rule", "schedule", "arch", "dataset", "seed", "status", "epochs", "train_error",
     "test_error", "top5_error", "final_test_error", "best_epoch", "epoch_time_s", "wall_time_s",
     "paper_train_error", "paper_test_error", "paper_top5_error", "delta", "paper_dataset", "paper_source",
-    "paper_note", "second_test_error", "second_source", "setting", "error",
+    "paper_note", "second_test_error", "second_source", "setting", "error", "planned_epochs", "paper_setup",
 ]
+"""One row per job (``bioscale report --format csv/json``). design.md's columns are a stable interface: new
+columns go at the end, none is dropped or renamed."""
 # Columns that name a job's cell; everything else that varies within a grid goes into `setting`.
 CELL_KEYS = {"rule.name", "rule.params.schedule", "arch.name", "dataset.name", "seed"}
+INTEGERS = ("seed", "epochs", "best_epoch", "planned_epochs")
+FINISHED = ("done", "diverged")
+"""Statuses whose numbers are final: the only ones in means, unless ``include_running``."""
+PARTIAL = ("running", "pending")
+"""Jobs with (possibly) some epochs that will go on: in means only with ``include_running``. A failed job's
+partial numbers never are (its error is in the report's notes; it is retried)."""
+DECIMALS = 10
+"""Numbers are rounded to this many decimals: far below any meaningful digit of an error in % or a time in
+seconds, far above float noise (60.0 - 1.83 prints 58.17, not 58.169999999999995)."""
+
+
+def in_means(frame: pd.DataFrame, include_running: bool = False) -> pd.Series:
+    """Which jobs' numbers an aggregate (a mean, a curve over seeds) may use: the finished ones, and with
+    ``include_running`` also those still running or interrupted."""
+    allowed = FINISHED + (PARTIAL if include_running else ())
+    return frame["status"].isin(allowed)
+
+
+def clean(value: Any) -> Any:
+    """A float without float noise (see ``DECIMALS``); anything else unchanged."""
+    return round(value, DECIMALS) if isinstance(value, float) else value
 
 
 def load_frame(store: Store, grid: str | None = None) -> pd.DataFrame:
@@ -33,15 +58,16 @@ def load_frame(store: Store, grid: str | None = None) -> pd.DataFrame:
     records = [_record(r, flat, varying) for r, flat in zip(rows, flats, strict=True)]
     records.sort(key=_order)
     frame = pd.DataFrame.from_records(records, columns=JOB_COLUMNS)
-    if frame["seed"].isna().any():  # a damaged spec's unknown seed: keep the others integers
-        frame["seed"] = frame["seed"].astype("Int64")
+    for col in INTEGERS:  # integers print as integers (10, not 10.0), a missing one as empty / null
+        if frame[col].isna().any():
+            frame[col] = frame[col].astype("Int64")
     return frame
 
 
 def _order(rec: dict[str, Any]) -> tuple[Any, ...]:
-    """Grid, then dataset and arch column in registration order, then the papers' row order (rules, their
-    schedules), setting and seed."""
-    return (rec["grid"], column_rank(rec["dataset"], rec["arch"]), rec["arch"],
+    """Grid, then dataset and arch column in registration order (the conv net after the LC net whose
+    column it shares), then the papers' row order (rules, their schedules), setting and seed."""
+    return (rec["grid"], column_rank(rec["dataset"], rec["arch"]), arch_rank(rec["arch"]),
             method_rank(rec["rule"], rec["schedule"], rec["arch"]), rec["setting"], rec["seed"] is None,
             rec["seed"] or 0)
 
@@ -77,6 +103,8 @@ def _record(row: dict[str, Any], flat: dict[str, Any], varying: dict[str, list[s
     names = _names(row)
     rec: dict[str, Any] = {"grid": row["grid"], "job_id": row["job_id"], **names, "status": row["status"],
                            "epochs": len(metrics)}
+    if row["spec"] is not None:
+        rec["planned_epochs"] = row["spec"].train.epochs
     dataset, arch, rule, schedule = names["dataset"], names["arch"], names["rule"], names["schedule"]
     if metrics:  # the metrics are the truth, also for a job that is still running
         best = min(metrics, key=lambda m: m.test_error)
@@ -93,14 +121,23 @@ def _record(row: dict[str, Any], flat: dict[str, Any], varying: dict[str, list[s
     if ref is not None:
         rec.update(paper_train_error=ref.get("train_error"), paper_test_error=ref.get("test_error"),
                    paper_top5_error=ref.get("top5_error"), paper_dataset=paper_dataset(dataset),
-                   paper_source=ref["source"], paper_note=ref.get("note"))
+                   paper_source=ref["source"], paper_note=ref.get("note"), paper_setup=ref.get("setup"))
         if rec.get("test_error") is not None and ref.get("test_error") is not None:
             rec["delta"] = rec["test_error"] - ref["test_error"]
     second = find_reference(dataset, arch, rule, schedule, role="secondary")
     if second is not None:
         rec.update(second_test_error=second.get("test_error"), second_source=second["source"])
-    rec["setting"] = ", ".join(f"{k}={flat.get(k)}" for k in varying.get(row["grid"], []))
-    return rec
+    rec["setting"] = ", ".join(f"{k}={_text(flat[k])}" for k in varying.get(row["grid"], []) if k in flat)
+    return {k: clean(v) for k, v in rec.items()}
+
+
+def _text(value: Any) -> str:
+    """A setting's value as it is written in a grid file or after ``--set``: true, null, [512, 512]."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, tuple):
+        value = list(value)
+    return json.dumps(value)
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -130,10 +167,13 @@ def _varying_keys(rows: list[dict[str, Any]], flats: list[dict[str, Any]]) -> di
 
 
 def load_curves(store: Store, grid: str | None = None) -> pd.DataFrame:
-    """Per-epoch metrics in long form (one row per job and epoch), diagnostics as extra columns."""
+    """Per-epoch metrics in long form (one row per job and epoch), diagnostics as extra columns (keyed by
+    module path, as recorded) and ``layer_names``: the paper's name of each module path, where the arch has
+    them (``bioscale.report.layers``)."""
     records = []
     for row in load_rows(store, grid):
-        base = {"grid": row["grid"], "job_id": row["job_id"], **_names(row), "status": row["status"]}
+        base = {"grid": row["grid"], "job_id": row["job_id"], **_names(row), "status": row["status"],
+                "layer_names": layer_names(row["spec"])}
         for m in row["metrics"]:
             records.append({**base, "epoch": m.epoch, "train_error": m.train_error, "test_error": m.test_error,
                             "train_loss": m.train_loss, **m.diagnostics})

@@ -17,7 +17,7 @@ def method_of(rule: str, schedule: str, arch: str) -> str:
     name = RULES.get(rule).display if rule in RULES else rule
     suffix = ARCHS.get(arch).row_suffix if arch in ARCHS else ""
     if suffix:
-        return f"{name} {suffix}"
+        name = f"{name} {suffix}"
     return f"{name}, {schedule}" if schedule else name
 
 
@@ -48,6 +48,11 @@ def column_rank(dataset: str, arch: str) -> tuple[float, str, float]:
     column = column_of(arch)
     a = min((r.order for r in ARCHS.values() if r.display == column), default=LAST)
     return (d, dataset, a)
+
+
+def arch_rank(arch: str) -> tuple[float, str]:
+    """Sort key of an arch within its column: registration order (LC, then the ConvNet in LC's column)."""
+    return (ARCHS.get(arch).order if arch in ARCHS else LAST, arch)
 
 
 def paper_dataset(dataset: str) -> str | None:

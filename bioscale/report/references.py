@@ -15,13 +15,16 @@ REFERENCE_FILES = ("bartunov2018.yaml", "xiao2018.yaml", "biotorch2021.yaml")
 
 @lru_cache(maxsize=1)
 def load_references() -> tuple[dict[str, Any], ...]:
-    """Every published entry: dataset, arch, rule, schedule, errors in %, and where it comes from."""
+    """Every published entry: dataset, arch, rule, schedule, errors in %, where it comes from, and ``setup``:
+    what the paper trained on and for how long ("full MNIST, 500 epochs"), so a reader comparing our short
+    runs with it knows why they differ (None where the file does not say)."""
     entries = []
     for name in REFERENCE_FILES:
         doc = yaml.safe_load(resources.files("bioscale.references").joinpath(name).read_text())
+        setups = doc.get("setup") or {}
         for entry in doc["entries"]:
             entries.append({**entry, "paper": doc["paper"], "role": doc["role"],
-                            "source": f"{doc['citation']}, {entry['table']}"})
+                            "source": f"{doc['citation']}, {entry['table']}", "setup": setups.get(entry["table"])})
     return tuple(entries)
 
 

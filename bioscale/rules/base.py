@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,8 @@ from bioscale.spec import OptimSpec, Strict
 if TYPE_CHECKING:
     from torch import Tensor
     from torch.optim import Optimizer
+
+    from bioscale.data.base import BatchShard
 
 # Rule modules register themselves without importing torch (bioscale.catalog): torch and the torch
 # machinery are imported when a rule is first built.
@@ -49,6 +52,11 @@ class Rule(ABC):
         self.device = torch.device("cpu")
         self.amp = False
         self.criterion = nn.CrossEntropyLoss()
+        self.shard: BatchShard | None = None
+        """In a distributed job, which rows of the global batch this rank's ``train_step`` holds (set by the
+        trainer before each step); None in a single process."""
+        self.gradient_sync: Callable[[Optimizer], None] | None = None
+        """In a distributed job, averages an optimiser's gradients over the ranks (``bioscale.distributed``)."""
 
     @abstractmethod
     def prepare(self, model: nn.Module) -> nn.Module:
@@ -83,6 +91,25 @@ class Rule(ABC):
     @abstractmethod
     def train_step(self, x: Tensor, y: Tensor) -> StepOutput:
         """Update the parameters on one batch."""
+
+    def sync_gradients(self, opt: Optimizer) -> None:
+        """Make ``opt``'s gradients those of the whole global batch before anything reads them (a step, Batch
+        Manhattan's sign). A no-op in a single process; in a distributed job the optimiser's step pre-hook
+        calls it too, so a rule that steps without calling it is still exact unless it transforms gradients
+        first. Call it between the backward pass and the first use of the gradients."""
+        if self.gradient_sync is not None:
+            self.gradient_sync(opt)
+
+    def noise_like(self, t: Tensor) -> Tensor:
+        """Standard normal noise shaped like the batch ``t``, from the global torch RNG. In a distributed job,
+        this rank's rows of the noise a single process draws for the whole global batch: every rank draws the
+        global batch's noise (keeping the RNG streams of all ranks equal) and keeps its rows, so per-example
+        noise is exactly the single process's."""
+        shard = self.shard
+        if shard is None:
+            return torch.randn_like(t)
+        full = torch.randn((shard.total, *t.shape[1:]), dtype=t.dtype, device=t.device)
+        return full[shard.rows]
 
     def begin_epoch(self, epoch: int) -> None:
         """Set learning rates for ``epoch`` (0-based); target rules also pick the alternating phase here."""
@@ -145,6 +172,7 @@ class BackwardRule(Rule):
         opt = self.optimizers["model"]
         opt.zero_grad(set_to_none=True)
         loss, logits = self.rule_backward(x, y)
+        self.sync_gradients(opt)  # before Batch Manhattan: the sign of the global batch's gradient
         self.before_step()
         if getattr(self.params, "batch_manhattan", False):
             optimisers.batch_manhattan_(opt)

@@ -237,7 +237,7 @@ class TargetRule(Rule):
     def inverse_loss(self, i: int, h_prev: Tensor, sigma: float) -> Tensor:
         """Layer i's inverse loss on its input h_prev corrupted by N(0, sigma²) noise; only λ_i gets grad."""
         h_prev = h_prev.detach()
-        noisy = h_prev + sigma * torch.randn_like(h_prev) if sigma > 0 else h_prev
+        noisy = h_prev + sigma * self.noise_like(h_prev) if sigma > 0 else h_prev
         with torch.no_grad():
             code = self.code(i, self.net.layers[i](noisy), noisy)
         rec = self.inverses[str(i)](code)
@@ -264,6 +264,7 @@ class TargetRule(Rule):
         with self.autocast():
             loss = sum(self.inverse_loss(i, hs[i - 1], self.params.sigma) for i in self.inverted_layers())
         loss.backward()
+        self.sync_gradients(opt)
         opt.step()
 
     def train_step(self, x: Tensor, y: Tensor) -> StepOutput:
@@ -278,6 +279,7 @@ class TargetRule(Rule):
             ce = self._forward_update(hs, top_input, y)
         if self.phase == "train":  # parallel: the inverse step sees the same, not yet updated, weights
             self._inverse_update(hs)
+        self.sync_gradients(self.optimizers["model"])
         self.optimizers["model"].step()
         return StepOutput(ce.detach(), hs[-1].detach())
 

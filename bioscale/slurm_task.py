@@ -1,0 +1,176 @@
+"""What submitit runs for one job: in a Slurm array task, in a subprocess of submitit's local executor, or in
+this process for its debug executor. Imported only there and by ``bioscale.slurm`` at submission (it needs
+submitit); the task pickles by reference to this module, so the nodes must import the same bioscale.
+
+Preemption and time limits: Slurm sends SIGUSR2 (``--signal=USR2@<signal_delay_s>``; on preemption after a
+SIGTERM that submitit ignores). The task then stops the running epoch the way a Ctrl-C stops an inline run
+(``bioscale.interrupts.Interrupted``: finished epochs kept, the job recorded ``pending`` and its lease
+released), and only then hands over to submitit's own handler, which calls ``checkpoint()``, requeues the
+same call and exits. The requeued task claims the job at once (the lease is free) and resumes from its last
+finished epoch under the same job id, on any node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from submitit.helpers import Checkpointable
+
+from bioscale import claims
+from bioscale.interrupts import Interrupted
+from bioscale.job import Job
+from bioscale.spec import JobResult
+from bioscale.store import Store
+
+
+class JobTask(Checkpointable):
+    """``JobTask()(job, root, lease_timeout, threads, plugins)`` claims, trains (or resumes) and records one job
+    as every executor does (``bioscale.distributed.run_job``: this process, or torchrun over the node's GPUs
+    for ``train.distributed.nproc_per_node`` > 1). It never raises for a job's failure (that is the job's
+    result), so submitit's debug executor never drops into its post-mortem debugger."""
+
+    def __call__(self, job: Job, root: str, lease_timeout: float, threads: int | None = None,
+                 plugins: tuple[str, ...] = ()) -> JobResult:
+        try:
+            import torch
+
+            from bioscale.catalog import load_plugins
+
+            run_job = _job_runner()
+            if plugins:
+                load_plugins(list(plugins))
+            threads = threads or _slurm_cpus()
+            previous_threads = torch.get_num_threads()
+            if threads:
+                torch.set_num_threads(threads)  # fixed per job: a requeued run computes the same numbers
+        except Exception as exc:  # nothing ran: say why in the job's result rather than in submitit's pickle
+            return _record(job, root, lease_timeout, "failed", f"the task could not start: {type(exc).__name__}: "
+                           f"{exc}")
+        try:
+            with _stop_signals() as requeue:
+                try:
+                    return run_job(job, Store(root), None, lease_timeout)
+                except Interrupted as exc:  # the job is recorded as pending and its lease released
+                    if requeue is None:  # in-process (debug): the caller's own interrupt, let it through
+                        raise
+                    if exc.signum == requeue.signum:
+                        _requeue(job, root, lease_timeout, requeue)  # exits (or raises if not requeued)
+                    raise SystemExit(exc.exit_code) from None  # SIGINT: stop, resumable, no traceback
+                except Exception as exc:  # not the job's own failure (run_job records those): e.g. a locked store
+                    return _record(job, root, lease_timeout, "failed", f"{type(exc).__name__}: {exc}")
+        finally:
+            if threads:
+                torch.set_num_threads(previous_threads)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        """The same call again: every finished epoch is in the store, so the requeued task resumes from it."""
+        return super().checkpoint(*args, **kwargs)
+
+
+class _Requeue:
+    """submitit's preemption handler (checkpoint, requeue, exit) and the signal it listens to."""
+
+    def __init__(self, signum: int, handler: Callable[[int, Any], None]) -> None:
+        self.signum = signum
+        self.handler = handler
+
+
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[_Requeue | None]:
+    """Inside a submitit task process: submitit's preemption signal and SIGINT raise ``Interrupted`` (once),
+    so the trainer stops cleanly; SIGTERM stays submitit's (ignored: on preemption Slurm sends it before
+    SIGUSR2). Yields submitit's handler for the requeue, or None in-process (debug executor), where the
+    caller's handlers stay as they are. After the job, the signals are ignored: a finished job needs no
+    requeue."""
+    if os.environ.get("SUBMITIT_EXECUTOR") not in ("slurm", "local") or \
+            threading.current_thread() is not threading.main_thread():
+        yield None
+        return
+    from submitit.core.job_environment import JobEnvironment
+
+    usr = JobEnvironment._usr_sig()
+    submitit_handler = signal.getsignal(usr)
+    fired: list[int] = []
+
+    def stop(signum: int, frame: Any) -> None:
+        if fired:
+            return  # already stopping: let the cleanup finish
+        fired.append(signum)
+        raise Interrupted(signum)
+
+    signal.signal(usr, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        yield _Requeue(usr, submitit_handler) if callable(submitit_handler) else None
+    finally:
+        if not fired:
+            signal.signal(usr, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _requeue(job: Job, root: str, lease_timeout: float, requeue: _Requeue) -> None:
+    """Note the requeue in the job's result, then let submitit checkpoint, requeue and exit. If it does not
+    requeue (timed out too often, ``scontrol requeue`` failed), the job is recorded as failed, saying why."""
+    done = _epochs(job, root)
+    name = signal.Signals(requeue.signum).name
+    _record(job, root, lease_timeout, "pending",
+            f"stopped by {name} (Slurm preemption or time limit) after {done} of {job.spec.train.epochs} epochs "
+            f"(all saved); submitit requeued it, and it resumes from epoch {done}")
+    try:
+        requeue.handler(requeue.signum, None)
+    except Exception as exc:
+        _record(job, root, lease_timeout, "failed",
+                f"stopped by {name} after {done} of {job.spec.train.epochs} epochs (all saved) and not requeued: "
+                f"{exc}. Raise resources.time (--time) or the executor's max_timeouts, then run `bioscale run` "
+                "again: it resumes from the last finished epoch.")
+        raise
+
+
+def _job_runner() -> Callable[..., JobResult]:
+    """``bioscale.distributed.run_job``: the job in this process, or, for a job over several GPUs of this node
+    (``train.distributed.nproc_per_node``), under torchrun; ``bioscale.train.run_job`` where that module is
+    absent."""
+    try:
+        from bioscale.distributed import run_job
+    except ModuleNotFoundError as exc:
+        if exc.name != "bioscale.distributed":
+            raise
+        from bioscale.train import run_job
+    return run_job
+
+
+def _epochs(job: Job, root: str) -> int:
+    return len(Store(root).job_dir(job.grid, job.job_id).read_metrics())
+
+
+def _record(job: Job, root: str, lease_timeout: float, status: str, note: str) -> JobResult:
+    """Set the job's status and note in result.json, holding its lease for the write (another process may
+    have claimed it meanwhile: then that process owns the result, and this one writes nothing)."""
+    jdir = Store(root).job_dir(job.grid, job.job_id)
+    result = JobResult(job_id=job.job_id, grid=job.grid, status=status, error=note)  # type: ignore[arg-type]
+    try:
+        claim = claims.acquire(jdir.path, lease_timeout)
+        if claim is None:
+            return result
+        with claim:
+            claim.note = note.split(";")[0]
+            previous = jdir.read_result()
+            if previous is not None:
+                result = previous.model_copy(update={"status": status, "error": note})
+            elif status == "pending":
+                return result  # nothing recorded yet: a job without a result is pending anyway
+            jdir.write_result(result)
+    except Exception as exc:  # the note is a courtesy; the job's state is already right on disk
+        print(f"bioscale: could not record the job's note ({type(exc).__name__}: {exc})", file=sys.stderr)
+    return result
+
+
+def _slurm_cpus() -> int | None:
+    value = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
