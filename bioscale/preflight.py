@@ -60,7 +60,7 @@ def find_problems(todo: Sequence[Job], results_dir: Path, *, all_jobs: Sequence[
     """Every problem, each once with the jobs it affects (a results folder problem affects ``all_jobs``:
     the run records every job's spec, finished or not)."""
     found: dict[str, list[Job]] = {}
-    checks: list[Iterable[tuple[str, list[Job]]]] = [_dataset_problems(todo)]
+    checks: list[Iterable[tuple[str, list[Job]]]] = [_dataset_problems(todo), _node_problems(todo)]
     if devices:
         checks.append(_device_problems(todo))
     for check in checks:
@@ -105,6 +105,14 @@ def _dataset_problems(jobs: Sequence[Job]) -> Iterable[tuple[str, list[Job]]]:
             message = f"dataset {name!r}: its preflight check failed ({type(exc).__name__}: {exc})."
         if message:
             yield message, group
+
+
+def _node_problems(jobs: Sequence[Job]) -> Iterable[tuple[str, list[Job]]]:
+    """One job over several nodes needs one torchrun per node in a multi-node allocation: not built yet."""
+    several = [job for job in jobs if job.spec.train.distributed.nnodes > 1]
+    if several:
+        yield ("train.distributed.nnodes > 1 (one job over several nodes) is not supported yet: each job runs "
+               "on one node, with train.distributed.nproc_per_node processes (one per GPU). Set nnodes to 1."), several
 
 
 def _device_problems(jobs: Sequence[Job]) -> Iterable[tuple[str, list[Job]]]:

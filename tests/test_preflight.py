@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from bioscale import runner
 from bioscale.catalog import DATASETS
@@ -213,3 +214,14 @@ def test_preflight_of_a_cpu_grid_does_not_import_torch(tmp_path: Path, tiny_grid
             "assert 'torch' not in sys.modules, 'torch imported'")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_job_over_several_nodes_is_refused_before_anything_starts(tmp_path: Path, tiny_grid: dict) -> None:
+    from bioscale.runner import plan
+
+    tiny_grid["base"]["train"]["distributed"] = {"nproc_per_node": 2, "nnodes": 2}
+    path = tmp_path / "g.yaml"
+    path.write_text(yaml.safe_dump(tiny_grid))
+    with pytest.raises(PreflightError, match=r"nnodes > 1 .* not supported yet"):
+        preflight(plan(path, tmp_path / "r"))
+    assert not (tmp_path / "r").exists()
