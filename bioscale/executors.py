@@ -115,28 +115,39 @@ class LocalExecutor(Executor):
         results: list[JobResult] = []
         todo = list(jobs)
         free = list(range(len(layout)))
-        running: dict[Any, tuple[Job, int]] = {}
+        running: dict[Any, tuple[Job, list[int]]] = {}
         pools = {pin: ProcessPool(max_workers=layout.count(pin), context=ctx, initializer=_init_worker,
                                   initargs=(events, plugins(), os.getpid(), pin))
                  for pin in dict.fromkeys(layout)}
         try:
             while todo or running:
-                while todo and free:
-                    job, slot = todo.pop(0), free.pop(0)
-                    future = pools[layout[slot]].schedule(
-                        _run_in_worker, args=(job, str(store.root), threads, self.lease_timeout))
-                    running[future] = (job, slot)
+                while todo:  # first come, first served: a job waiting for whole GPUs is not overtaken
+                    slots = take_slots(layout, free, todo[0])
+                    if slots is None:
+                        break
+                    job = todo.pop(0)
+                    if not slots:  # asks for more GPUs than this machine has
+                        result = _record_failure(job, store, _too_many_gpus(job, layout))
+                        emit(JobStarted(job.job_id, job.label, job.spec.train.epochs))
+                        on_event(_finished(job, result))
+                        results.append(result)
+                        continue
+                    free[:] = [i for i in free if i not in slots]
+                    gpus = ",".join(dict.fromkeys(layout[i] for i in slots if layout[i] is not None)) or None
+                    future = pools[layout[slots[0]]].schedule(
+                        _run_in_worker, args=(job, str(store.root), threads, self.lease_timeout, gpus))
+                    running[future] = (job, slots)
                 done, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
                 _drain(events, emit)  # a finished job's events are all queued before its result arrives
                 for future in done:
-                    job, slot = running.pop(future)
-                    free.append(slot)
+                    job, slots = running.pop(future)
+                    free.extend(slots)
                     try:
                         result = future.result()
                     except ProcessExpired as exc:  # the worker died: this job fails, the pool goes on
-                        result = _worker_died(job, store, f"worker process died ({_exit_reason(exc.exitcode)})")
+                        result = _record_failure(job, store, f"worker process died ({_exit_reason(exc.exitcode)})")
                     except Exception as exc:
-                        result = _worker_died(job, store, f"worker error: {type(exc).__name__}: {exc}")
+                        result = _record_failure(job, store, f"worker error: {type(exc).__name__}: {exc}")
                     if job.job_id not in started:  # died before it could say so: keep the event order
                         emit(JobStarted(job.job_id, job.label, job.spec.train.epochs))
                     on_event(_finished(job, result))
@@ -165,6 +176,32 @@ class LocalExecutor(Executor):
         _drain(events, emit)
 
 
+def take_slots(layout: list[str | None], free: list[int], job: Job) -> list[int] | None:
+    """The slots ``job`` runs in, if they are free now (None: wait; []: it can never run here). A job of
+    one process takes one slot; a job of N processes (``train.distributed``) on a GPU machine takes N whole
+    GPUs, every slot of each, so packed jobs never share a GPU with its ranks. On the CPU, its ranks share
+    the cores of one slot."""
+    from bioscale.distributed import world_size
+
+    n = world_size(job.spec)
+    if n == 1 or layout[0] is None:
+        return free[:1] or None
+    by_gpu: dict[str | None, list[int]] = {}
+    for i, pin in enumerate(layout):
+        by_gpu.setdefault(pin, []).append(i)
+    if n > len(by_gpu):
+        return []
+    whole = [g for g, idx in by_gpu.items() if all(i in free for i in idx)]
+    return [i for g in whole[:n] for i in by_gpu[g]] if len(whole) >= n else None
+
+
+def _too_many_gpus(job: Job, layout: list[str | None]) -> str:
+    gpus = len(dict.fromkeys(layout))
+    return (f"the job asks for {job.spec.train.distributed.nproc_per_node} processes, one per GPU, and this machine "
+            f"lets bioscale use {gpus} GPU(s). Lower train.distributed.nproc_per_node, or run it where there are "
+            "enough GPUs (e.g. --executor slurm --gpus-per-job N).")
+
+
 def visible_gpus() -> list[str]:
     """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` entries for the workers it pins."""
     import torch
@@ -191,8 +228,9 @@ def _exit_reason(code: int | None) -> str:
     return f"exit code {code}"
 
 
-def _worker_died(job: Job, store: Store, error: str) -> JobResult:
-    """Record the job of a dead worker as failed (its finished epochs stay on disk; a re-run resumes)."""
+def _record_failure(job: Job, store: Store, error: str) -> JobResult:
+    """Record a job the executor could not run (a dead worker, too few GPUs) as failed; its finished
+    epochs stay on disk, and a re-run resumes it."""
     jdir = store.job_dir(job.grid, job.job_id)
     previous = jdir.read_result()
     epochs = previous.epochs if previous is not None else 0
@@ -248,13 +286,15 @@ def _watch_parent(parent: int) -> None:
             return
 
 
-def _run_in_worker(job: Job, root: str, threads: int, lease_timeout: float) -> JobResult:
+def _run_in_worker(job: Job, root: str, threads: int, lease_timeout: float, gpus: str | None) -> JobResult:
     global _IN_JOB
     import torch
 
     from bioscale.distributed import run_job  # one process, or torchrun for a DDP job
 
     torch.set_num_threads(threads)
+    if gpus is not None:  # the GPUs this job's ranks may use (torchrun inherits it), whole GPUs for DDP
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus
     put = _EVENTS.put if _EVENTS is not None else None
     _IN_JOB = True
     try:

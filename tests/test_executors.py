@@ -61,3 +61,47 @@ def test_packed_gpus_pin_each_worker_and_keep_k_jobs_per_gpu(tmp_path: Path, tin
     assert capped.layout() == ["3", "3", "5"]
     monkeypatch.setattr(ex, "visible_gpus", lambda: [])
     assert ex.LocalExecutor(workers=2, jobs_per_gpu=4).layout() == [None, None]
+
+
+def _ddp(tmp_path: Path, tiny_grid: dict, nproc: int):
+    tiny_grid["axes"] = {"seed": [7]}
+    return _jobs(tmp_path, tiny_grid, ["train.epochs=1", f"train.distributed.nproc_per_node={nproc}"])[0]
+
+
+def test_a_multi_process_job_takes_whole_gpus(tmp_path: Path, tiny_grid: dict) -> None:
+    from bioscale.executors import take_slots
+
+    single = _jobs(tmp_path, tiny_grid)[0]
+    ddp = _ddp(tmp_path, dict(tiny_grid), 2)
+    layout = ["0", "0", "1", "1", "2", "2"]  # 3 GPUs, 2 jobs per GPU
+    assert take_slots(layout, [0, 1, 2, 3, 4, 5], ddp) == [0, 1, 2, 3]  # every slot of two GPUs
+    assert take_slots(layout, [1, 2, 3, 4, 5], ddp) == [2, 3, 4, 5]  # GPU 0 is partly busy
+    assert take_slots(layout, [1, 3, 4, 5], ddp) is None  # only one whole GPU free: wait
+    assert take_slots(layout, [3], single) == [3] and take_slots(layout, [], single) is None
+    assert take_slots(["0", "1"], [0, 1], _ddp(tmp_path, dict(tiny_grid), 3)) == []  # never fits here
+    assert take_slots([None, None], [1], ddp) == [1]  # on the CPU its ranks share one slot's cores
+
+
+@pytest.mark.slow
+def test_packed_pool_runs_a_ddp_job_on_whole_gpus_alone(tmp_path: Path, tiny_grid: dict, monkeypatch) -> None:
+    import json
+
+    import bioscale.executors as ex
+
+    monkeypatch.setattr(ex, "visible_gpus", lambda: ["0", "1"])  # pretend GPUs: the ranks run on gloo/CPU
+    ddp = _ddp(tmp_path, dict(tiny_grid), 2)
+    too_big = _ddp(tmp_path, dict(tiny_grid, name="big"), 3)
+    singles = _jobs(tmp_path, tiny_grid)[:2]
+    store = Store(tmp_path / "results")
+    results = ex.LocalExecutor(jobs_per_gpu=2).run([ddp, too_big, *singles], store)
+    by_id = {r.job_id: r for r in results}
+    assert by_id[ddp.job_id].status == "done" and by_id[ddp.job_id].provenance.visible_devices == "0,1"
+    assert by_id[too_big.job_id].status == "failed" and "asks for 3 processes" in by_id[too_big.job_id].error
+    assert {by_id[j.job_id].status for j in singles} == {"done"}
+
+    def span(job) -> tuple[float, float]:
+        log = [json.loads(line) for line in (store.job_dir(job.grid, job.job_id).path / "claims.log").open()]
+        return log[0]["time"], log[-1]["time"]
+
+    _start, end = span(ddp)
+    assert all(span(j)[0] >= end for j in singles)  # nothing else ran on its GPUs meanwhile
