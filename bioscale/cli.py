@@ -21,11 +21,12 @@ if TYPE_CHECKING:
     from bioscale.slurm import SlurmExecutor
     from bioscale.spec import ExecutorSpec, GridSpec
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+HELP = {"help_option_names": ["-h", "--help"]}
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, context_settings=HELP,
                   help="Reproduce and extend benchmarks of biologically-motivated learning rules.")
-grid_app = typer.Typer(no_args_is_help=True, help="Check and inspect grid files.")
+grid_app = typer.Typer(no_args_is_help=True, context_settings=HELP, help="Check and inspect grid files.")
 app.add_typer(grid_app, name="grid")
-arch_app = typer.Typer(no_args_is_help=True, help="Inspect architectures.")
+arch_app = typer.Typer(no_args_is_help=True, context_settings=HELP, help="Inspect architectures.")
 app.add_typer(arch_app, name="arch")
 err = Console(stderr=True)
 out = Console()
@@ -59,12 +60,30 @@ class Listing(str, Enum):
     datasets = "datasets"
 
 
+def _print_version(value: bool) -> None:
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    import bioscale
+
+    try:
+        torch = version("torch")
+    except PackageNotFoundError:
+        torch = "not installed"
+    out.print(f"bioscale {bioscale.__version__} (torch {torch}, Python {sys.version.split()[0]})", highlight=False)
+    raise typer.Exit()
+
+
 @app.callback()
 def _options(plugin: Annotated[list[str] | None, typer.Option(
         "--plugin", metavar="PATH_OR_MODULE",
         help="Import a module (dotted name or .py file) that registers rules, archs or datasets, before the "
              "command runs (repeatable). Installed plugins (entry points `bioscale.plugins`) load by "
-             "themselves.")] = None) -> None:
+             "themselves.")] = None,
+        version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_version,
+                                              help="Print the version of bioscale (and torch's) and exit.")] = False,
+) -> None:
     """Reproduce and extend benchmarks of biologically-motivated learning rules."""
     if plugin:
         from bioscale.catalog import load_plugins

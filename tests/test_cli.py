@@ -178,3 +178,11 @@ def test_validate_refuses_what_cannot_start_naming_the_job_and_what_would_work(t
     proc = bioscale("grid", "validate", str(grid), "--set", "arch.params={}")
     assert proc.returncode == 2 and "rule 'dfa' needs a layered" in proc.stderr
     assert "archs that run 'dfa' on 'synthetic': fc, lc, conv" in proc.stderr
+
+
+def test_version_and_short_help() -> None:
+    version = bioscale("--version")
+    assert version.returncode == 0 and version.stdout.startswith("bioscale 0.") and "torch" in version.stdout
+    for args in (["-h"], ["run", "-h"], ["grid", "validate", "-h"], ["arch", "summary", "-h"]):
+        shown = bioscale(*args)
+        assert shown.returncode == 0 and "Usage: bioscale" in shown.stdout, args
