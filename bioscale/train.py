@@ -287,8 +287,10 @@ class Trainer:
                 train_error = evaluate(model, data.train_eval, rule, group)[0]
             diagnostics: dict[str, float] = {}
             if train.diagnostics_every and (epoch + 1) % train.diagnostics_every == 0:
-                # every rank on the same whole batch (diagnostics may run collectives, e.g. global batch norm)
-                x, y = next(iter(data.train_eval)) if group is None else first_batch(data.train_eval)
+                # the first training batch, read in this process: ``next(iter(...))`` would start a DataLoader's
+                # worker pool and prefetch 2W+1 batches to use one. Every rank reads the same whole batch
+                # (diagnostics may run collectives, e.g. global batch norm).
+                x, y = first_batch(data.train_eval)
                 diagnostics = rule.diagnostics(x, y)
             self.metrics.append(EpochMetrics(
                 epoch=epoch + 1, train_loss=train_loss, train_error=train_error, test_error=test_error,

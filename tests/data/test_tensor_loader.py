@@ -136,3 +136,18 @@ def test_seeded_dataset_leaves_the_global_generator_alone() -> None:
     torch.manual_seed(123)
     list(loader)  # num_workers=0: items are read in this process
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_first_batch_starts_no_worker_pool() -> None:
+    """Diagnostics read one batch each epoch: through the worker pool that would start it and prefetch
+    2W+1 batches to use one (with ImageNet at batch 1000, gigabytes of shared memory)."""
+    import torch
+
+    from bioscale.data.loaders import DeviceDataLoader, first_batch
+
+    data = torch.utils.data.TensorDataset(torch.arange(20.0)[:, None], torch.arange(20))
+    loader = DeviceDataLoader(data, 8, torch.device("cpu"), num_workers=2)
+    x, y = first_batch(loader)
+    assert loader.loader._iterator is None  # no pool was started
+    xi, yi = next(iter(DeviceDataLoader(data, 8, torch.device("cpu"))))
+    assert torch.equal(x, xi) and torch.equal(y, yi)
