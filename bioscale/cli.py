@@ -160,8 +160,8 @@ def run(
         slurm.check(planned.todo)  # time limits, GPUs for multi-process jobs: before anything is written
     # datasets, devices (not for jobs that run on Slurm's nodes), results folder: one grouped error (exit 2)
     preflight(planned, devices=getattr(runner, "runs_here", True))
-    damaged = planned.store.damaged(planned.grid.name)
-    for _, job_id, problems in damaged[:10]:
+    damaged = planned.damaged
+    for job_id, problems in damaged[:10]:
         err.print(f"damaged: {job_id}: {'; '.join(problems)}. It runs again from its last consistent point "
                   "(damaged files are kept aside, never deleted).", markup=False, highlight=False, soft_wrap=True)
     if len(damaged) > 10:

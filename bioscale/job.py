@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from bioscale.spec import JobSpec, Resources
+from bioscale.spec import JobResult, JobSpec, Resources
 
 
 @dataclass(frozen=True)
@@ -45,3 +45,12 @@ def _compact(value: Any) -> str:
     if isinstance(value, (list, tuple, dict)):
         return json.dumps(value, separators=(",", ":"))
     return str(value)
+
+
+def unwritable_result(job: Job, exc: OSError) -> JobResult:
+    """The result of a job whose folder cannot be written: it fails (said here, since it cannot be said on
+    disk), and the other jobs go on."""
+    what = f"{exc.strerror or exc} ({exc.filename})" if exc.filename else str(exc)
+    return JobResult(job_id=job.job_id, grid=job.grid, status="failed",
+                     error=f"cannot write the job's directory: {what}. Check the results directory's "
+                           "permissions and free space, then run the same command again.")

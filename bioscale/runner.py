@@ -25,9 +25,9 @@ from bioscale.errors import BioscaleError
 from bioscale.events import EventHandler
 from bioscale.executors import Executor, make_executor
 from bioscale.interrupts import Interrupted
-from bioscale.job import Job
+from bioscale.job import Job, unwritable_result
 from bioscale.spec import ExecutorSpec, GridSpec, JobResult
-from bioscale.store import Store
+from bioscale.store import JobState, Store
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -45,6 +45,9 @@ class Plan:
     jobs: list[Job]
     todo: list[Job]
     store: Store
+    states: dict[str, JobState] = field(default_factory=dict)
+    """Each job's folder as read once when planning (job id -> ``JobState``): what todo, running elsewhere
+    and the damaged jobs are derived from, without reading the store again."""
 
     @property
     def skipped(self) -> int:
@@ -58,9 +61,12 @@ class Plan:
     @property
     def running_elsewhere(self) -> int:
         """Jobs left alone because another process holds them (a live lease)."""
-        waiting = {job.job_id for job in self.todo}
-        return sum(self.store.job_dir(j.grid, j.job_id).status() == "running"
-                   for j in self.jobs if j.job_id not in waiting)
+        return sum(state.status == "running" for state in self.states.values())
+
+    @property
+    def damaged(self) -> list[tuple[str, list[str]]]:
+        """(job id, problems) of the grid's damaged jobs: they run again from their last consistent point."""
+        return [(job_id, state.problems) for job_id, state in self.states.items() if state.problems]
 
 
 @dataclass
@@ -110,8 +116,9 @@ def plan(grid: str | Path | GridSpec, results: str | Path = "results",
     then checks the plan with ``bioscale.preflight.preflight`` before it starts anything)."""
     spec, jobs = expand_grid(grid, overrides, max_jobs=max_jobs)
     store = Store(results)
-    todo = [job for job in jobs if store.job_dir(job.grid, job.job_id).status() in RUNNABLE]
-    return Plan(spec, jobs, todo, store)
+    states = {job.job_id: store.job_dir(job.grid, job.job_id).inspect() for job in jobs}
+    todo = [job for job in jobs if states[job.job_id].status in RUNNABLE]
+    return Plan(spec, jobs, todo, store, states)
 
 
 def choose_executor(grid: GridSpec, executor: str | ExecutorSpec | Executor | None = None,
@@ -154,7 +161,7 @@ def run_plan(planned: Plan, executor: str | ExecutorSpec | Executor | None = Non
             planned.store.job_dir(job.grid, job.job_id).write_spec(job.grid, job.spec)
         except OSError as exc:
             if job.job_id in waiting:
-                unwritable.append(_unwritable(job, exc))
+                unwritable.append(unwritable_result(job, exc))
             continue
         if job.job_id in waiting:
             todo.append(job)
@@ -165,12 +172,6 @@ def run_plan(planned: Plan, executor: str | ExecutorSpec | Executor | None = Non
             exc.message = exc.message or interrupted_message(exc, planned)  # an executor may know better
             raise
     return RunSummary(planned.grid.name, planned.results_dir, planned.jobs, planned.skipped, unwritable + done)
-
-
-def _unwritable(job: Job, exc: OSError) -> JobResult:
-    return JobResult(job_id=job.job_id, grid=job.grid, status="failed",
-                     error=f"cannot write the job's directory: {exc.strerror or exc} ({exc.filename}). Check the "
-                           "results directory's permissions and free space, then run the same command again.")
 
 
 def interrupted_message(exc: Interrupted, planned: Plan) -> str:

@@ -31,7 +31,7 @@ from bioscale.data.base import DataBundle
 from bioscale.data.loaders import first_batch
 from bioscale.events import JobProgress
 from bioscale.interrupts import Interrupted
-from bioscale.job import Job
+from bioscale.job import Job, unwritable_result
 from bioscale.models import build_model
 from bioscale.provenance import collect, now
 from bioscale.rules import Rule, build_rule
@@ -109,7 +109,7 @@ def run_job(job: Job, store: Store, on_progress: ProgressFn | None = None,
     try:
         claim = claims.acquire(jdir.path, lease_timeout)
     except OSError as exc:
-        return _decided(group, _unwritable(job, exc))
+        return _decided(group, unwritable_result(job, exc))
     if claim is None:
         holder = claims.live_lease(jdir.path)
         where = f" (pid {holder.pid} on {holder.host})" if holder else ""
@@ -156,7 +156,7 @@ def _run_claimed(job: Job, jdir: JobDir, claim: claims.Claim, on_progress: Progr
         jdir.write_spec(job.grid, job.spec)
         jdir.write_result(JobResult(job_id=job.job_id, grid=job.grid, status="running", provenance=provenance))
     except OSError as exc:
-        return _decided(group, _unwritable(job, exc))
+        return _decided(group, unwritable_result(job, exc))
     if group is not None:
         group.broadcast(("train", None), "telling the ranks to train")
     trainer = Trainer(job, jdir, on_progress, owns=lambda: not claim.lost, group=group)
@@ -194,19 +194,11 @@ def _run_claimed(job: Job, jdir: JobDir, claim: claims.Claim, on_progress: Progr
     try:
         jdir.write_result(result)
     except OSError as exc:
-        result = _unwritable(job, exc)
+        result = unwritable_result(job, exc)
     claim.note = f"{result.status}, {result.epochs} epochs" + (f" ({interrupted.name})" if interrupted else "")
     if interrupted is not None:
         raise interrupted
     return result
-
-
-def _unwritable(job: Job, exc: OSError) -> JobResult:
-    """The job's directory cannot be written: this job fails (said in its result), the others go on."""
-    what = f"{exc.strerror or exc} ({exc.filename})" if exc.filename else str(exc)
-    return JobResult(job_id=job.job_id, grid=job.grid, status="failed",
-                     error=f"cannot write the job's directory: {what}. Check the results directory's "
-                           "permissions and free space, then run the same command again.")
 
 
 class Trainer:
