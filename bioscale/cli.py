@@ -14,15 +14,21 @@ from rich.markup import escape
 
 from bioscale.errors import BioscaleError
 from bioscale.interrupts import Interrupted
+from bioscale.store import DEFAULT_RESULTS
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from bioscale.job import Job
     from bioscale.runner import Plan, RunSummary
+    from bioscale.select import Selection
     from bioscale.slurm import SlurmExecutor
     from bioscale.spec import ExecutorSpec, GridSpec
+    from bioscale.store import Store
 
 HELP = {"help_option_names": ["-h", "--help"]}
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, context_settings=HELP,
+# add_completion: typer's --install-completion / --show-completion (bash, zsh, fish, PowerShell), see README.
+app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False, context_settings=HELP,
                   help="Reproduce and extend benchmarks of biologically-motivated learning rules.")
 grid_app = typer.Typer(no_args_is_help=True, context_settings=HELP, help="Check and inspect grid files.")
 app.add_typer(grid_app, name="grid")
@@ -31,7 +37,16 @@ app.add_typer(arch_app, name="arch")
 err = Console(stderr=True)
 out = Console()
 
-ResultsOpt = Annotated[Path, typer.Option("--results", help="Results directory.")]
+ResultsOpt = Annotated[Path, typer.Option("--results", help="Results directory (default: runs/; the results "
+                                                             "shipped with bioscale are in results/).")]
+WhereOpt = Annotated[list[str] | None, typer.Option(
+    "--where", metavar="KEY=VALUE",
+    help="Only jobs whose KEY (a dotted path, like the grid's axes) has this VALUE, e.g. --where rule.name=fa "
+         "--where seed=0; repeatable: all must hold.")]
+OnlyOpt = Annotated[list[str] | None, typer.Option(
+    "--only", metavar="SEL",
+    help="Only this job: a job id, a unique id prefix, or a piece of its label like 'dtp/alt lc'; "
+         "repeatable: any may match.")]
 SetOpt = Annotated[list[str] | None, typer.Option(
     "--set", help="Override a field of every job, e.g. --set train.epochs=2 (repeatable).")]
 MaxJobsOpt = Annotated[int | None, typer.Option(
@@ -100,9 +115,15 @@ def _expand(grid_file: Path, sets: list[str] | None, max_jobs: int | None = None
 @app.command()
 def run(
     grid_file: Annotated[Path, typer.Argument(help="Grid YAML file.", metavar="GRID")],
-    results: ResultsOpt = Path("results"),
+    results: ResultsOpt = DEFAULT_RESULTS,
     set_: SetOpt = None,
     max_jobs: MaxJobsOpt = None,
+    where: WhereOpt = None,
+    only: OnlyOpt = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Rerun the finished (done, failed, diverged) jobs of the selection from scratch; their "
+                        "files are kept aside as *.aside-N, never deleted. A job running elsewhere is never "
+                        "forced.")] = False,
     executor: Annotated[str | None, typer.Option(
         help="inline (default), local (a process pool) or slurm (Slurm job arrays through submitit).")] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes for --executor local.")] = None,
@@ -144,6 +165,7 @@ def run(
 
     With --executor slurm the jobs go to Slurm as job arrays (one task per job) and the command returns once
     they are submitted (--wait: once they have ended); `bioscale status` follows them."""
+    from bioscale.force import would_run
     from bioscale.preflight import preflight
     from bioscale.progress import Display
     from bioscale.runner import choose_executor, plan, run_plan
@@ -152,14 +174,17 @@ def run(
     slurm_params = {k: v for k, v in (("array_parallelism", slurm_array_parallelism), ("wait", wait or None))
                     if v is not None}
     sets = [*(set_ or []), *([f"train.distributed.nproc_per_node={nproc_per_node}"] if nproc_per_node else [])]
-    planned = plan(grid_file, results, _with_sets(sets, slurm_sets), max_jobs=max_jobs)
+    planned = plan(grid_file, results, _with_sets(sets, slurm_sets), max_jobs=max_jobs, where=where, only=only)
     choice = _executor_choice(planned.grid, executor, bool(slurm_sets or slurm_params), slurm_params)
     runner = choose_executor(planned.grid, choice, workers, threads, lease_timeout, jobs_per_gpu)
     slurm = _slurm_executor(runner)
+    checked = would_run(planned) if force else planned  # forced jobs are checked before anything is set aside
     if slurm is not None:
-        slurm.check(planned.todo)  # time limits, GPUs for multi-process jobs: before anything is written
+        slurm.check(checked.todo)  # time limits, GPUs for multi-process jobs: before anything is written
     # datasets, devices (not for jobs that run on Slurm's nodes), results folder: one grouped error (exit 2)
-    preflight(planned, devices=getattr(runner, "runs_here", True))
+    preflight(checked, devices=getattr(runner, "runs_here", True))
+    if force:
+        planned = _force(planned, bool(where or only), lease_timeout)
     damaged = planned.damaged
     for job_id, problems in damaged[:10]:
         err.print(f"damaged: {job_id}: {'; '.join(problems)}. It runs again from its last consistent point "
@@ -168,8 +193,14 @@ def run(
         err.print(f"... and {len(damaged) - 10} more damaged jobs (`bioscale report` names them all).")
     running = planned.running_elsewhere
     elsewhere = f", {running} running elsewhere" if running else ""
-    err.print(f"[bold]{escape(planned.grid.name)}[/]: {len(planned.jobs)} jobs, {planned.skipped - running} "
+    chosen = " selected" if where or only else ""
+    err.print(f"[bold]{escape(planned.grid.name)}[/]: {len(planned.jobs)} jobs{chosen}, {planned.skipped - running} "
               f"already finished{elsewhere}, {len(planned.todo)} to run -> {escape(str(planned.results_dir))}")
+    if not planned.todo:
+        err.print(_nothing_to_run(planned), markup=False, highlight=False, soft_wrap=True)
+    elif _shipped_has(planned.grid.name) and planned.results_dir.resolve() != _shipped_dir(planned.grid.name):
+        err.print(f"(bioscale ships results of grid {planned.grid.name} in {_shipped_dir(planned.grid.name, False)}: "
+                  "`bioscale report --results results`.)", markup=False, highlight=False, soft_wrap=True)
     show = bool(planned.todo) and not quiet and (slurm is None or slurm.waits)
     with Display(len(planned.todo), console=err, enabled=show) as display:
         summary = run_plan(planned, runner, on_event=display)
@@ -189,6 +220,58 @@ def run(
 
 
 SLURM = "Slurm (--executor slurm)"
+
+
+def _force(planned: Plan, selected: bool, lease_timeout: float) -> Plan:
+    """Say how many finished jobs --force reruns (all of the grid's, without a selection), then set them aside."""
+    from bioscale.force import finished_jobs, force_finished
+
+    finished = finished_jobs(planned)
+    if not finished:
+        err.print("--force: no finished job to rerun" + (" in the selection." if selected else "."), highlight=False)
+        return planned
+    scope = (f"the {len(finished)} finished job(s) of the selection" if selected else
+             f"ALL {len(finished)} finished jobs of grid {planned.grid.name} (no --where/--only: the whole grid)")
+    err.print(f"--force: rerunning {scope} from scratch; their result, metrics and checkpoint are kept aside in "
+              "each job's folder as *.aside-N (never deleted).", markup=False, highlight=False, soft_wrap=True)
+    outcome = force_finished(planned, lease_timeout)
+    if outcome.running:
+        err.print(f"--force: {len(outcome.running)} of them started running in another process meanwhile: left "
+                  "alone (a running job is never forced).", highlight=False, soft_wrap=True)
+    return outcome.plan
+
+
+def _shipped_dir(grid: str, resolve: bool = True) -> Path:
+    from bioscale.store import SHIPPED_RESULTS
+
+    path = SHIPPED_RESULTS / grid
+    return path.resolve() if resolve else path
+
+
+def _shipped_has(grid: str) -> bool:
+    from bioscale.store import SHIPPED_RESULTS, Store
+
+    return grid in Store(SHIPPED_RESULTS).grids()
+
+
+def _nothing_to_run(planned: Plan) -> str:
+    """One line when a run has nothing to do: why, and the two ways to run anyway."""
+    from bioscale.store import SHIPPED_RESULTS
+
+    running = planned.running_elsewhere
+    finished = planned.skipped - running
+    where = planned.results_dir
+    if not finished:
+        return f"nothing to run: all {running} job(s) are running in other processes ({where})."
+    shipped = ""
+    try:
+        if where.resolve().is_relative_to(SHIPPED_RESULTS.resolve()):
+            shipped = " (the results shipped with bioscale)"
+    except OSError:
+        pass
+    busy = f", {running} running elsewhere" if running else ""
+    return (f"nothing to run: {finished} job(s) already finished in {where}{shipped}{busy}; `--force` to rerun "
+            f"them, `--results DIR` for a fresh store.")
 
 
 def _slurm_sets(partition: str | None, gpus_per_job: int | None, cpus_per_task: int | None, mem: str | None,
@@ -270,21 +353,27 @@ def status(
     grid: Annotated[str | None, typer.Argument(
         help="A grid name under --results, or a grid YAML file (then jobs not submitted yet are listed too). "
              "Default: every grid.", metavar="[GRID]")] = None,
-    results: ResultsOpt = Path("results"),
+    results: ResultsOpt = DEFAULT_RESULTS,
     set_: SetOpt = None,
+    where: WhereOpt = None,
+    only: OnlyOpt = None,
     format_: Annotated[StatusFormat, typer.Option("--format", help="table or json.")] = StatusFormat.table,
 ) -> None:
     """Where each job stands: queued (submitted to Slurm, not started), running (and who holds it), pending,
     done, failed or diverged; its epochs, its Slurm job id and the first line of its note."""
     from rich.table import Table
 
+    from bioscale.grid import parse_set
     from bioscale.runner import expand_grid
+    from bioscale.select import parse_selection, select_jobs
     from bioscale.slurm import count_states, status_json, status_rows
     from bioscale.store import Store
 
     store = Store(results)
+    selection = parse_selection(where, only)
     if grid is not None and (grid.endswith((".yaml", ".yml")) or Path(grid).is_file()):
-        rows = status_rows(store, jobs=expand_grid(Path(grid), set_ or [])[1])
+        spec, jobs = expand_grid(Path(grid), set_ or [])
+        rows = status_rows(store, jobs=select_jobs(jobs, selection, spec, parse_set(set_ or [])))
     else:
         if set_:
             raise BioscaleError("--set needs a grid file: `bioscale status grids/NAME.yaml --set ...`.")
@@ -293,6 +382,9 @@ def status(
             raise BioscaleError(f"No jobs of grid {grid!r} in {results}. Grids there: {known}. Give the grid file "
                                 f"instead (`bioscale status grids/{grid}.yaml`) to list jobs not submitted yet.")
         rows = status_rows(store, grid)
+        if selection:
+            ids = _store_selection(store, grid, selection)
+            rows = [r for r in rows if (r["grid"], r["job_id"]) in ids]
     if format_ is StatusFormat.json:
         sys.stdout.write(status_json(rows))
         return
@@ -306,12 +398,41 @@ def status(
     out.print(table)
     counts = count_states(rows)
     err.print(f"{len(rows)} jobs: " + (", ".join(f"{n} {s}" for s, n in counts.items()) or "none"), highlight=False)
+    if not rows and results == DEFAULT_RESULTS:
+        err.print(f"No jobs in {DEFAULT_RESULTS}/, where `bioscale run` writes by default.{_elsewhere()}",
+                  markup=False, highlight=False, soft_wrap=True)
+
+
+def _store_selection(store: Store, grid: str | None, selection: Selection) -> set[tuple[str, str]]:
+    """(grid, job id) of the recorded jobs a --where/--only selection picks (an error if none)."""
+    from bioscale.select import check_keys, select, store_candidates
+
+    candidates = store_candidates(store, grid)
+    check_keys(selection, candidates)
+    where = f"jobs of grid {grid}" if grid else f"jobs in {store.root}"
+    return {(c.grid, c.job_id) for c in select(candidates, selection, where)}
+
+
+def _select_frame(frame: pd.DataFrame, store: Store, grid: str | None, where: list[str] | None,
+                  only: list[str] | None) -> pd.DataFrame:
+    from bioscale.select import parse_selection
+
+    selection = parse_selection(where, only)
+    if not selection:
+        return frame
+    ids = _store_selection(store, grid, selection)
+    keep = [(g, j) in ids for g, j in zip(frame["grid"], frame["job_id"], strict=True)]
+    return frame[keep].reset_index(drop=True)
 
 
 @app.command()
 def report(
-    results: ResultsOpt = Path("results"),
+    results: Annotated[Path | None, typer.Option(
+        "--results", help="Results directory (default: runs/, where `bioscale run` writes; the results shipped "
+                          "with bioscale: --results results).", show_default=False)] = None,
     grid: Annotated[str | None, typer.Option(help="Only this grid (default: all).")] = None,
+    where: WhereOpt = None,
+    only: OnlyOpt = None,
     format_: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
     output: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
     layout: Annotated[Layout, typer.Option(
@@ -335,20 +456,23 @@ def report(
     left out of means (--include-running puts the partial epochs of running and interrupted ones in)."""
     from bioscale.report import render
     from bioscale.runner import load_results
+    from bioscale.store import Store
 
+    if results is None:
+        results = _default_report_dir(grid)
     if results.exists() and not results.is_dir():
         raise BioscaleError(f"--results {results} is a file; it must be the results folder that `bioscale run` "
-                            "wrote (its default is ./results), e.g. `bioscale report --results results`.")
-    frame = load_results(results, grid)
+                            f"wrote (its default is ./{DEFAULT_RESULTS}), e.g. `bioscale report --results runs`.")
+    frame = _select_frame(load_results(results, grid), Store(results), grid, where, only)
     width = out.width if output is None and sys.stdout.isatty() else None  # a terminal: wrap, never overflow
     text = render(frame, format_.value, layout.value, include_running=include_running, columns=columns,
                   caption=caption, label=label, width=width)
     if plots is not None:
         from bioscale.report.frame import load_curves
         from bioscale.report.plots import write_plots
-        from bioscale.store import Store
 
         curves = load_curves(Store(results), grid)
+        curves = curves[curves["job_id"].isin(set(frame["job_id"]))] if len(curves) else curves
         for path in write_plots(frame, curves, plots, include_running=include_running):
             err.print(f"wrote {escape(str(path))}", highlight=False)
     if output is not None:
@@ -358,6 +482,105 @@ def report(
         err.print(f"wrote {escape(str(output))}", highlight=False)
     else:
         sys.stdout.write(text)
+
+
+@app.command()
+def compare(
+    results_a: Annotated[Path, typer.Argument(help="Results directory A.", metavar="RESULTS_A")],
+    results_b: Annotated[Path, typer.Argument(help="Results directory B (may be A again, with --grid-b).",
+                                              metavar="RESULTS_B")],
+    grid: Annotated[str | None, typer.Option(
+        metavar="NAME", help="The grid of A (and of B unless --grid-b); default: the only grid there.")] = None,
+    grid_b: Annotated[str | None, typer.Option(
+        "--grid-b", metavar="NAME", help="The grid of B, to compare two grids (e.g. two versions or two "
+                                         "conventions), in one store or two.")] = None,
+    where: WhereOpt = None,
+    only: OnlyOpt = None,
+    format_: Annotated[Format, typer.Option("--format", help="Output format.")] = Format.table,
+    output: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
+    include_running: Annotated[bool, typer.Option(
+        "--include-running", help="Put the partial epochs of running and interrupted jobs into the means.")] = False,
+) -> None:
+    """Two results side by side: a row per setting (rule, arch, dataset and every setting that varies), each
+    side's seeds as mean ± std, and B − A, for test and train error and epochs.
+
+    Keys that differ between the sides but not within them (another learning rate, a new version's default)
+    do not split rows: a note names them. Settings present on one side only are shown as such."""
+    from bioscale.report.compare import Side, render_comparison
+    from bioscale.report.compare import compare as compare_sides
+    from bioscale.select import check_keys, parse_selection, select, store_candidates
+    from bioscale.store import Store, load_rows
+
+    stores = {"A": Store(results_a), "B": Store(results_b)}
+    grid_a = _one_grid(stores["A"], grid, "RESULTS_A", "--grid")
+    if grid_b is None and grid_a in stores["B"].grids():
+        grid_b = grid_a
+    grid_b = _one_grid(stores["B"], grid_b, "RESULTS_B", "--grid-b")
+    names = {"A": grid_a, "B": grid_b}
+    selection = parse_selection(where, only)
+    chosen: set[tuple[str, str]] | None = None
+    if selection:
+        candidates = [c for s in "AB" for c in store_candidates(stores[s], names[s])]
+        check_keys(selection, candidates)
+        chosen = {(c.grid, c.job_id) for c in select(candidates, selection, "jobs of A and B")}
+    sides = []
+    for s in "AB":
+        rows = [r for r in load_rows(stores[s], names[s]) if chosen is None or (r["grid"], r["job_id"]) in chosen]
+        sides.append(Side(s, f"{stores[s].root} (grid {names[s]}, {len(rows)} jobs)", rows))
+    width = out.width if output is None and sys.stdout.isatty() else None
+    text = render_comparison(compare_sides(sides[0], sides[1], include_running), format_.value, width)
+    if output is not None:
+        from bioscale.store import atomic_write_text
+
+        atomic_write_text(output, text)
+        err.print(f"wrote {escape(str(output))}", highlight=False)
+    else:
+        sys.stdout.write(text)
+
+
+def _one_grid(store: Store, grid: str | None, what: str, option: str) -> str:
+    """``grid`` if ``store`` has it; else the store's only grid; else a message naming the grids there."""
+    grids = store.grids()
+    if grid is not None and grid in grids:
+        return grid
+    if grid is None and len(grids) == 1:
+        return grids[0]
+    there = ", ".join(grids) or "none"
+    if grid is not None:
+        raise BioscaleError(f"{what} ({store.root}) has no results of grid {grid!r}. Grids there: {there}.")
+    if not grids:
+        raise BioscaleError(f"{what} ({store.root}) holds no results: give the folder `bioscale run --results` "
+                            "wrote.")
+    raise BioscaleError(f"{what} ({store.root}) holds several grids ({there}): choose one with {option} NAME "
+                        "(seeds of different grids are never averaged together).")
+
+
+def _default_report_dir(grid: str | None) -> Path:
+    """``bioscale report`` without --results: runs/, where `bioscale run` writes by default. Where runs/ has
+    nothing to report, say where results are: stores inside runs/ (`make demo`'s runs/demo) and the results
+    shipped with bioscale in results/."""
+    from bioscale.store import Store
+
+    store = Store(DEFAULT_RESULTS)
+    if store.grids() if grid is None else grid in store.grids():
+        return DEFAULT_RESULTS
+    what = f"grid {grid!r}" if grid else "results"
+    raise BioscaleError(f"No {what} in {DEFAULT_RESULTS}/, where `bioscale run` writes by default.{_elsewhere()} "
+                        "Give the folder with --results DIR.")
+
+
+def _elsewhere() -> str:
+    """Where else results are: stores one level inside runs/ (runs/demo) and the shipped results/."""
+    from bioscale.store import SHIPPED_RESULTS, Store
+
+    nested = sorted(p for p in (DEFAULT_RESULTS.iterdir() if DEFAULT_RESULTS.is_dir() else [])
+                    if p.is_dir() and Store(p).grids())
+    text = "".join(f" {p}/ holds grid(s) {', '.join(Store(p).grids())}: `--results {p}`." for p in nested[:5])
+    shipped = Store(SHIPPED_RESULTS).grids()
+    if shipped:
+        text += (f" The results shipped with bioscale ({', '.join(shipped)}) are in {SHIPPED_RESULTS}/: "
+                 f"`--results {SHIPPED_RESULTS}`.")
+    return text
 
 
 @grid_app.command("validate")
@@ -373,22 +596,27 @@ def grid_expand(
     grid_file: Annotated[Path, typer.Argument(metavar="GRID")],
     set_: SetOpt = None,
     max_jobs: MaxJobsOpt = None,
+    where: WhereOpt = None,
+    only: OnlyOpt = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the resolved jobs as JSON lines.")] = False,
 ) -> None:
-    """List the jobs of GRID with their ids (as JSON lines with --json)."""
+    """List the jobs of GRID with their ids and labels (as JSON lines with --json)."""
     import json
 
-    jobs = _expand(grid_file, set_, max_jobs)
+    from bioscale.grid import parse_set
+    from bioscale.runner import expand_grid
+    from bioscale.select import parse_selection, select_jobs
+
+    spec, jobs = expand_grid(grid_file, set_ or [], max_jobs=max_jobs)
+    jobs = select_jobs(jobs, parse_selection(where, only), spec, parse_set(set_ or []))
     for job in jobs:
         if json_:
             sys.stdout.write(json.dumps({"job_id": job.job_id, "grid": job.grid,
                                          "spec": job.spec.model_dump(mode="json")}) + "\n")
-        else:
+        else:  # the label is what --only matches (with the id or a prefix of it)
             s = job.spec
-            sched = s.rule.params.get("schedule")
-            out.print(f"{job.job_id}  {s.rule.name}{'/' + sched if sched else ''}  {s.arch.name}  "
-                      f"{s.dataset.name}  seed={s.seed}  epochs={s.train.epochs}  lr={s.optim.lr:g}",
-                      markup=False)
+            out.print(f"{job.job_id}  {job.label}  epochs={s.train.epochs}  lr={s.optim.lr:g}", markup=False,
+                      highlight=False)
 
 
 @arch_app.command("summary")
@@ -437,7 +665,7 @@ def main() -> None:
     """Entry point: bad input is one paragraph on stderr and exit code 2, never a traceback."""
     try:
         # standalone_mode=False: click returns typer.Exit's code here instead of raising it
-        code = app(args=hoist_plugins(sys.argv[1:]), standalone_mode=False)
+        code = app(args=hoist_plugins(sys.argv[1:]), prog_name="bioscale", standalone_mode=False)
         if isinstance(code, int) and code:
             sys.exit(code)
     except BioscaleError as exc:

@@ -63,11 +63,11 @@ def expand(grid: GridSpec, sets: dict[str, Any] | None = None, source: str = "<g
         raw = copy.deepcopy(base)
         for key, value in combo.items():
             _set_path(raw, key, value, source)
-        if any(_matches(raw, entry) for entry in grid.exclude):
+        if any(matches(raw, entry) for entry in grid.exclude):
             continue
         resources: list[tuple[str, Any]] = []  # `resources.*` keys: where the job runs, not part of its spec
         for override in grid.overrides:
-            if _matches(raw, override.where):
+            if matches(raw, override.where):
                 for key, value in override.set.items():
                     if is_resource_key(key):
                         resources.append((key, value))
@@ -174,7 +174,7 @@ def _set_path(raw: dict[str, Any], path: str, value: Any, source: str) -> None:
     node[parts[-1]] = value
 
 
-def _get_path(raw: dict[str, Any], path: str) -> Any:
+def get_path(raw: dict[str, Any], path: str) -> Any:
     node: Any = raw
     for part in path.split("."):
         if isinstance(node, str) and part == "name":
@@ -185,9 +185,9 @@ def _get_path(raw: dict[str, Any], path: str) -> Any:
     return node
 
 
-def _matches(raw: dict[str, Any], where: dict[str, Any]) -> bool:
+def matches(raw: dict[str, Any], where: dict[str, Any]) -> bool:
     """Every key of ``where`` has its value in ``raw``; ``rule: fa`` is shorthand for ``rule.name: fa``."""
-    return all(_get_path(raw, f"{k}.name" if k in COMPONENTS and isinstance(v, str) else k) == v
+    return all(get_path(raw, f"{k}.name" if k in COMPONENTS and isinstance(v, str) else k) == v
                for k, v in where.items())
 
 

@@ -92,6 +92,18 @@ def job_resources(grid: GridSpec, sets: list[tuple[str, Any]], where: str) -> Re
         raise GridError(f"{where}: {explain(exc, Resources, prefix='resources')}") from None
 
 
+def grid_key_problem(grid: GridSpec, sets: dict[str, Any], key: str, value: Any) -> str | None:
+    """Why ``key=value`` (a ``--where`` of a run) can match no job of ``grid``, or None: the checks of
+    ``exclude``/``where`` entries."""
+    return _path_problem(key, value, _grid_components(grid, sets))
+
+
+def key_problem(key: str, value: Any, names: Mapping[str, set[Any]]) -> str | None:
+    """The same for jobs read from a results folder, whose rules, archs and datasets are ``names`` (kind ->
+    names): ``bioscale report --where``, where there is no grid file."""
+    return _path_problem(key, value, _records(names))
+
+
 def _raise_for(key: str, value: Any, components: dict[str, list[Any] | None], where: str, tail: str) -> None:
     problem = _path_problem(key, value, components)
     if problem:
@@ -122,8 +134,13 @@ def _grid_components(grid: GridSpec, sets: dict[str, Any]) -> dict[str, list[Any
             add(key, value)
     for key, value in sets.items():
         add(key, value)
+    return _records(names)
+
+
+def _records(names: Mapping[str, set[Any]]) -> dict[str, list[Any] | None]:
     out: dict[str, list[Any] | None] = {}
-    for kind, found in names.items():
+    for kind in COMPONENTS:
+        found = names.get(kind, set())
         registry = _REGISTRIES[kind]
         known = bool(found) and all(name in registry for name in found)
         out[kind] = [registry.get(name) for name in sorted(found)] if known else None

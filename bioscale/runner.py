@@ -4,8 +4,8 @@
 line does::
 
     import bioscale
-    summary = bioscale.run_grid("grids/smoke.yaml", results="results", overrides=["train.epochs=1"])
-    frame = bioscale.load_results("results", grid="smoke")
+    summary = bioscale.run_grid("grids/smoke.yaml", results="runs", overrides=["train.epochs=1"])
+    frame = bioscale.load_results("runs", grid="smoke")
 
 Importing it does not import torch (``bioscale grid validate`` and the report stay fast); the executors
 import it when a job starts.
@@ -27,7 +27,7 @@ from bioscale.executors import Executor, make_executor
 from bioscale.interrupts import Interrupted
 from bioscale.job import Job, unwritable_result
 from bioscale.spec import ExecutorSpec, GridSpec, JobResult
-from bioscale.store import JobState, Store
+from bioscale.store import DEFAULT_RESULTS, JobState, Store
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -97,24 +97,34 @@ def expand_grid(grid: str | Path | GridSpec, overrides: list[str] | str | Mappin
     ``overrides`` (``["train.epochs=2"]`` or ``{"train.epochs": 2}``) applied to every job. Raises
     ``BioscaleError`` on invalid input, and when the axes make more than ``max_jobs`` combinations (default
     ``bioscale.grid.DEFAULT_MAX_JOBS``, 10,000). Reads nothing but the grid, writes nothing."""
-    from bioscale.grid import expand, load_grid, parse_set
+    from bioscale.grid import expand, load_grid
 
     if isinstance(grid, GridSpec):
         spec, source = grid, f"<grid {grid.name}>"
     else:
         spec, source = load_grid(grid), str(grid)
+    return spec, expand(spec, _sets(overrides), source=source, max_jobs=max_jobs)
+
+
+def _sets(overrides: list[str] | str | Mapping[str, Any] | None) -> dict[str, Any]:
+    from bioscale.grid import parse_set
+
     if isinstance(overrides, Mapping):
-        sets = dict(overrides)
-    else:
-        sets = parse_set([overrides] if isinstance(overrides, str) else list(overrides or []))
-    return spec, expand(spec, sets, source=source, max_jobs=max_jobs)
+        return dict(overrides)
+    return parse_set([overrides] if isinstance(overrides, str) else list(overrides or []))
 
 
-def plan(grid: str | Path | GridSpec, results: str | Path = "results",
-         overrides: list[str] | str | Mapping[str, Any] | None = None, *, max_jobs: int | None = None) -> Plan:
-    """``expand_grid``, then find the jobs not finished in ``results``. Writes nothing (``bioscale run``
+def plan(grid: str | Path | GridSpec, results: str | Path = DEFAULT_RESULTS,
+         overrides: list[str] | str | Mapping[str, Any] | None = None, *, max_jobs: int | None = None,
+         where: list[str] | None = None, only: list[str] | None = None) -> Plan:
+    """``expand_grid``, then find the jobs not finished in ``results``. ``where`` (``["rule.name=fa"]``, all
+    must hold) and ``only`` (job ids, id prefixes or pieces of labels; any may match) narrow it to a subset
+    (``bioscale.select``; selecting nothing raises ``BioscaleError``). Writes nothing (``bioscale run``
     then checks the plan with ``bioscale.preflight.preflight`` before it starts anything)."""
+    from bioscale.select import parse_selection, select_jobs
+
     spec, jobs = expand_grid(grid, overrides, max_jobs=max_jobs)
+    jobs = select_jobs(jobs, parse_selection(where, only), spec, _sets(overrides))
     store = Store(results)
     states = {job.job_id: store.job_dir(job.grid, job.job_id).inspect() for job in jobs}
     todo = [job for job in jobs if states[job.job_id].status in RUNNABLE]
@@ -189,12 +199,13 @@ def interrupted_message(exc: Interrupted, planned: Plan) -> str:
             f"as failed. Run the same command to resume.")
 
 
-def run_grid(grid: str | Path | GridSpec, results: str | Path = "results",
+def run_grid(grid: str | Path | GridSpec, results: str | Path = DEFAULT_RESULTS,
              overrides: list[str] | str | Mapping[str, Any] | None = None,
              executor: str | ExecutorSpec | Executor | None = None, *, workers: int | None = None,
              threads: int | None = None, on_event: EventHandler | None = None,
              plugins: list[str] | None = None, lease_timeout: float = DEFAULT_LEASE_TIMEOUT_S,
-             preflight: bool = True) -> RunSummary:
+             preflight: bool = True, where: list[str] | None = None, only: list[str] | None = None,
+             force: bool = False) -> RunSummary:
     """Run every job of ``grid`` that is not finished in ``results``; a second call resumes or does nothing.
 
     ``executor``: ``"inline"`` (this process, the default), ``"local"`` (a process pool), an ``ExecutorSpec``
@@ -203,22 +214,28 @@ def run_grid(grid: str | Path | GridSpec, results: str | Path = "results",
     ``preflight`` a missing dataset, device or unwritable results folder (``bioscale.preflight``), raises
     ``BioscaleError`` before anything runs; a failing job does not raise (see ``RunSummary.failed``).
     ``lease_timeout``: seconds without a heartbeat before another host may take a job over. SIGINT/SIGTERM
-    raise ``bioscale.interrupts.Interrupted`` once every job has stopped and saved.
+    raise ``bioscale.interrupts.Interrupted`` once every job has stopped and saved. ``where``/``only`` run a
+    subset (see ``plan``); ``force`` reruns its finished (done, failed, diverged) jobs from scratch, their
+    files kept aside (``bioscale.force``; a job running elsewhere is never forced).
     """
     if plugins:
         from bioscale.catalog import load_plugins
 
         load_plugins(plugins)
-    planned = plan(grid, results, overrides)
+    planned = plan(grid, results, overrides, where=where, only=only)
     runner = choose_executor(planned.grid, executor, workers, threads, lease_timeout)  # refused before preflight
     if preflight:
         from bioscale.preflight import preflight as check
 
         check(planned, devices=getattr(runner, "runs_here", True))  # a Slurm job's GPU is not on this machine
+    if force:
+        from bioscale.force import force_finished
+
+        planned = force_finished(planned, lease_timeout).plan
     return run_plan(planned, runner, on_event=on_event)
 
 
-def load_results(results: str | Path = "results", grid: str | GridSpec | None = None) -> pd.DataFrame:
+def load_results(results: str | Path = DEFAULT_RESULTS, grid: str | GridSpec | None = None) -> pd.DataFrame:
     """One row per job in ``results`` (of ``grid`` only, if given), with the columns of
     ``bioscale report --format csv``: spec, status, errors in %, timings and the papers' numbers."""
     from bioscale.report import load_frame

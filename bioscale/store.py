@@ -29,6 +29,18 @@ from bioscale.spec import EpochMetrics, JobResult, JobSpec, Status
 
 SPEC, METRICS, RESULT, CHECKPOINT = "spec.json", "metrics.jsonl", "result.json", "checkpoint.pt"
 JOB_FILES = (SPEC, METRICS, RESULT, CHECKPOINT)
+RERUN = "rerun.txt"
+"""Written by ``bioscale run --force`` (``bioscale.force``) when it sets a finished job's files aside: why this
+run of the job exists. Every result written while it is there carries it as a note; the next --force sets it
+aside with that run's files."""
+
+# The default results directory is runs/ (git-ignored), not results/: results/ ships with the repository as
+# the record of what we ran and report (results/table1-mnist5k). Running into it by default made a fresh
+# clone's `bioscale run grids/table1-mnist5k.yaml` find every job finished and do nothing, and a user's own
+# runs would mix with the shipped ones in git. `bioscale report` without --results reads runs/ and names
+# results/ when runs/ has nothing (``SHIPPED_RESULTS``); `make demo` writes runs/demo.
+DEFAULT_RESULTS = Path("runs")
+SHIPPED_RESULTS = Path("results")
 
 # ``atomic_write``'s temporary siblings: ``.<name>.<8 random characters from mkstemp>.tmp``. Only the names
 # this module writes in a job folder match, so cleaning them up can never touch anything else.
@@ -316,7 +328,15 @@ class JobDir:
             problem = self._load_result()[1]
             if problem is not None:
                 self._keep_damaged(RESULT, problem)
+        note = self.rerun_note()
+        if note and note not in (result.error or ""):
+            result = result.model_copy(update={"error": f"{result.error}\n{note}" if result.error else note})
         atomic_write_text(path, result.model_dump_json(indent=2))
+
+    def rerun_note(self) -> str | None:
+        """Why this run of the job exists, when ``bioscale run --force`` started it (``RERUN``), else None."""
+        data, _ = _read_bytes(self.path / RERUN)
+        return data.decode(errors="replace").strip() or None if data is not None else None
 
     def read_result(self) -> JobResult | None:
         """The recorded outcome; None when result.json is missing or damaged (``inspect`` says why)."""

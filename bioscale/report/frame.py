@@ -11,6 +11,7 @@ import pandas as pd
 from bioscale.report.layers import layer_names
 from bioscale.report.names import arch_rank, column_rank, method_rank, paper_dataset
 from bioscale.report.references import find_reference
+from bioscale.select import flatten
 from bioscale.store import Store, load_rows
 
 JOB_COLUMNS = [
@@ -51,12 +52,22 @@ def load_frame(store: Store, grid: str | None = None) -> pd.DataFrame:
     (the stable set has no other word for "needs a re-run"; ``bioscale run`` re-runs it from its last
     consistent point) with ``error`` "damaged store: <what>", and whatever of its spec and metrics could be
     read; where its spec cannot be read at all, rule, arch and dataset are "?" and seed is empty."""
-    rows = load_rows(store, grid)
-    flats = [_flatten(r["spec"].model_dump(mode="json", exclude={"train": {"device", "num_workers"}}))
-             if r["spec"] is not None else {} for r in rows]
-    varying = _varying_keys(rows, flats)
+    return frame_from_rows(load_rows(store, grid))
+
+
+def spec_flats(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each row's spec as dotted keys (``{}`` where it cannot be read), without the keys that do not change
+    what a job computes (device, loader workers)."""
+    return [flatten(r["spec"].model_dump(mode="json", exclude={"train": {"device", "num_workers"}}))
+            if r["spec"] is not None else {} for r in rows]
+
+
+def frame_from_rows(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """``load_frame`` for rows already read with ``bioscale.store.load_rows``."""
+    flats = spec_flats(rows)
+    varying = varying_keys(rows, flats)
     records = [_record(r, flat, varying) for r, flat in zip(rows, flats, strict=True)]
-    records.sort(key=_order)
+    records.sort(key=row_order)
     frame = pd.DataFrame.from_records(records, columns=JOB_COLUMNS)
     for col in INTEGERS:  # integers print as integers (10, not 10.0), a missing one as empty / null
         if frame[col].isna().any():
@@ -64,7 +75,7 @@ def load_frame(store: Store, grid: str | None = None) -> pd.DataFrame:
     return frame
 
 
-def _order(rec: dict[str, Any]) -> tuple[Any, ...]:
+def row_order(rec: dict[str, Any]) -> tuple[Any, ...]:
     """Grid, then dataset and arch column in registration order (the conv net after the LC net whose
     column it shares), then the papers' row order (rules, their schedules), setting and seed."""
     return (rec["grid"], column_rank(rec["dataset"], rec["arch"]), arch_rank(rec["arch"]),
@@ -127,8 +138,13 @@ def _record(row: dict[str, Any], flat: dict[str, Any], varying: dict[str, list[s
     second = find_reference(dataset, arch, rule, schedule, role="secondary")
     if second is not None:
         rec.update(second_test_error=second.get("test_error"), second_source=second["source"])
-    rec["setting"] = ", ".join(f"{k}={_text(flat[k])}" for k in varying.get(row["grid"], []) if k in flat)
+    rec["setting"] = setting_of(flat, varying.get(row["grid"], []))
     return {k: clean(v) for k, v in rec.items()}
+
+
+def setting_of(flat: dict[str, Any], keys: list[str]) -> str:
+    """The ``setting`` of a job: ``key=value`` for each of ``keys`` it has ("rule.params.last_layer_bp=true")."""
+    return ", ".join(f"{k}={_text(flat[k])}" for k in keys if k in flat)
 
 
 def _text(value: Any) -> str:
@@ -140,18 +156,7 @@ def _text(value: Any) -> str:
     return json.dumps(value)
 
 
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(_flatten(value, path + "."))
-        else:
-            out[path] = tuple(value) if isinstance(value, list) else value
-    return out
-
-
-def _varying_keys(rows: list[dict[str, Any]], flats: list[dict[str, Any]]) -> dict[str, list[str]]:
+def varying_keys(rows: list[dict[str, Any]], flats: list[dict[str, Any]]) -> dict[str, list[str]]:
     """Per grid, the spec keys whose values differ between jobs of the same cell (rule, schedule, arch,
     dataset): a sweep's hyperparameters. Keys that differ only between cells (Table 5's per-cell
     hyperparameters) stay out, or every row would repeat them."""

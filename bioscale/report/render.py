@@ -191,7 +191,7 @@ def _value(r: Any, col: str, fold: bool) -> str:
     if col == "seeds":
         return str(r.seeds)
     if col == "epochs":
-        return _epochs(r.epochs_min, r.epochs_max, r.planned_epochs)
+        return epochs_cell(r.epochs_min, r.epochs_max, r.planned_epochs)
     if col in ("train_error", "test_error", "top5_error"):
         return mean_std(getattr(r, col), getattr(r, f"{col}_std"))
     if col == "delta":
@@ -204,7 +204,7 @@ def _value(r: Any, col: str, fold: bool) -> str:
     return "" if value is None or (not isinstance(value, str) and pd.isna(value)) else str(value)
 
 
-def _epochs(lo: int, hi: int, planned: Any) -> str:
+def epochs_cell(lo: int, hi: int, planned: Any) -> str:
     """"10" (every job at its planned 10), "1/3" (at epoch 1 of 3), "4-10" (some jobs further than others;
     the status says which are unfinished)."""
     if lo != hi:
