@@ -83,7 +83,8 @@ def store_candidates(store: Any, grid: str | None = None) -> list[Candidate]:
     for g in {g for g, _, _ in found}:
         items = [f for (fg, _), f in flats.items() if fg == g]
         keys = sorted({k for f in items for k in f} - LABEL_KEYS)
-        varying[g] = [k for k in keys if len({repr(f.get(k)) for f in items}) > 1]
+        # among the jobs that have the key: parameters only some rules have do not count as varying
+        varying[g] = [k for k in keys if len({repr(f[k]) for f in items if k in f}) > 1]
     out = []
     for g, job_id, spec in found:
         if spec is None:
