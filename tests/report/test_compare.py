@@ -68,8 +68,9 @@ def test_settings_are_matched_and_b_minus_a_is_of_the_means(sides: tuple[Side, S
     dfa = rows[("dfa", "rule.params.last_layer_bp=false")]  # the key varies in A (fa), so every row names it
     assert dfa.present == "B only" and dfa.test_error_a is None
     assert any("A and B differ in optim.lr (A 0.0001, B 0.001)" in n for n in c.notes)
+    # --include-running: (3.9 + 6.0) / 2, the partial job's one epoch in
     included = {(r.rule, r.setting): r for r in compare(*sides, include_running=True).numbers.itertuples()}
-    assert included[("fa", "rule.params.last_layer_bp=false")].test_error_b == pytest.approx(4.95)  # (3.9 + 6.0) / 2: the partial job's one epoch
+    assert included[("fa", "rule.params.last_layer_bp=false")].test_error_b == pytest.approx(4.95)
 
 
 def test_machine_formats_carry_numbers(sides: tuple[Side, Side]) -> None:
