@@ -15,12 +15,16 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bioscale.errors import BioscaleError
 from bioscale.grid import COMPONENTS, get_path
 from bioscale.gridfile import parse_set
 from bioscale.job import Job, job_label
+
+if TYPE_CHECKING:
+    from bioscale.spec import GridSpec
+    from bioscale.store import Store
 
 ID_PREFIX = re.compile(r"[0-9a-f]{4,}")
 """An ``--only`` that looks like this is tried as a job id prefix first (ids are 12 hex digits)."""
@@ -74,8 +78,8 @@ def job_candidates(jobs: Iterable[Job]) -> list[Candidate]:
     return [Candidate(j.grid, j.job_id, j.spec.model_dump(mode="json"), j.label) for j in jobs]
 
 
-def store_candidates(store: Any, grid: str | None = None) -> list[Candidate]:
-    """Every job recorded in ``store`` (a ``bioscale.store.Store``), labelled as a grid file would label it:
+def store_candidates(store: Store, grid: str | None = None) -> list[Candidate]:
+    """Every job recorded in ``store``, labelled as a grid file would label it:
     the keys that vary between a grid's jobs stand in for its axes."""
     found = [(gname, jdir.job_id, jdir.read_spec()) for gname, jdir in store.jobs(grid)]
     flats = {(g, i): flatten(s.model_dump(mode="json")) for g, i, s in found if s is not None}
@@ -96,10 +100,10 @@ def store_candidates(store: Any, grid: str | None = None) -> list[Candidate]:
     return out
 
 
-def check_keys(selection: Selection, candidates: Sequence[Candidate], grid: Any = None,
+def check_keys(selection: Selection, candidates: Sequence[Candidate], grid: GridSpec | None = None,
                sets: dict[str, Any] | None = None) -> None:
     """Refuse a ``--where`` key no job can have (with the allowed keys and a did-you-mean), or a value it can
-    never take. With ``grid`` (a ``GridSpec``) the grid's components are the reference, else the jobs'."""
+    never take. With ``grid`` the grid's components are the reference, else the jobs'."""
     from bioscale.gridkeys import grid_key_problem, key_problem
 
     names: dict[str, set[Any]] = {kind: set() for kind in COMPONENTS}
@@ -140,7 +144,7 @@ def select(candidates: Sequence[Candidate], selection: Selection, what: str = "j
     return kept
 
 
-def select_jobs(jobs: Sequence[Job], selection: Selection, grid: Any = None,
+def select_jobs(jobs: Sequence[Job], selection: Selection, grid: GridSpec | None = None,
                 sets: dict[str, Any] | None = None) -> list[Job]:
     """``select`` for a grid's jobs (checked against ``grid``'s keys first)."""
     if not selection:
