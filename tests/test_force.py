@@ -131,3 +131,16 @@ def test_run_grid_force_reruns_from_scratch(tmp_path: Path, grid_writer, tiny_gr
     for name in (RESULT, METRICS, CHECKPOINT):  # the first run's files, kept; the rerun wrote its own
         assert (jdir.path / f"{name}.aside-1").exists() and (jdir.path / name).exists()
     assert len(list(Store(results).jobs())) == 1  # only the selected job was touched
+
+
+def test_two_forces_planned_at_once_set_a_job_aside_once(store_and_grid: tuple) -> None:
+    """Two `bioscale run --force` that planned before either set anything aside: the second finds the job
+    pending (under its claim) and runs it as it is; nothing of the first rerun's state is set aside again."""
+    store, grid, statuses = store_and_grid
+    first, second = plan(grid, store.root), plan(grid, store.root)
+    force_finished(first)
+    outcome = force_finished(second)
+    assert {j.job_id for j in outcome.forced} == {i for i, s in statuses.items() if s in FINISHED}
+    for job in outcome.forced:
+        path = store.job_dir("tiny", job.job_id).path
+        assert not list(path.glob("*.aside-2")) and (path / RERUN).exists()
