@@ -27,7 +27,7 @@ from bioscale.executors import Executor, make_executor
 from bioscale.interrupts import Interrupted
 from bioscale.job import Job, unwritable_result
 from bioscale.spec import ExecutorSpec, GridSpec, JobResult
-from bioscale.store import DEFAULT_RESULTS, JobState, Store
+from bioscale.store import DEFAULT_RESULTS, SPEC, JobState, Store
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -156,9 +156,10 @@ def choose_executor(grid: GridSpec, executor: str | ExecutorSpec | Executor | No
 def run_plan(planned: Plan, executor: str | ExecutorSpec | Executor | None = None, *, workers: int | None = None,
              threads: int | None = None, on_event: EventHandler | None = None,
              lease_timeout: float = DEFAULT_LEASE_TIMEOUT_S) -> RunSummary:
-    """Run the plan's jobs still to run. Every job's spec is recorded first, so the report lists the whole
-    grid (pending jobs included) while it runs. A failed job is recorded and the others go on; so is a job
-    whose directory cannot be written. Each job is claimed (``bioscale.claims``) by the process that trains
+    """Run the plan's jobs still to run. The spec of every job still to run (or not recorded yet) is written
+    first, so the report lists the whole grid (pending jobs included) while it runs; a finished job's record
+    is left exactly as written. A failed job is recorded and the others go on; so is a job whose directory
+    cannot be written. Each job is claimed (``bioscale.claims``) by the process that trains
     it, so concurrent runs on one store never train a job twice.
 
     SIGINT and SIGTERM raise ``Interrupted`` (with a one-line ``message`` on what was saved) after every
@@ -167,8 +168,11 @@ def run_plan(planned: Plan, executor: str | ExecutorSpec | Executor | None = Non
     todo, unwritable = [], []
     waiting = {job.job_id for job in planned.todo}
     for job in planned.jobs:
+        jdir = planned.store.job_dir(job.grid, job.job_id)
+        if job.job_id not in waiting and (jdir.path / SPEC).exists():
+            continue  # finished or running elsewhere: its record stays exactly as it was written
         try:
-            planned.store.job_dir(job.grid, job.job_id).write_spec(job.grid, job.spec)
+            jdir.write_spec(job.grid, job.spec)
         except OSError as exc:
             if job.job_id in waiting:
                 unwritable.append(unwritable_result(job, exc))
