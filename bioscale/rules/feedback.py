@@ -44,7 +44,8 @@ angles = lazy("bioscale.rules.angles")
 
 XIAO = "Xiao, Chen, Liao, Poggio 2018"
 LIAO = "Liao, Leibo, Poggio 2016"
-RANDOM_B = "feedback scale xavier as BioTorch, drawn normal (neither paper states one)"
+RANDOM_B = ("feedback scale xavier (BioTorch's), drawn normal (no paper states the draw; BioTorch's is "
+            "feedback_dist=uniform)")
 KP_DECAY = 1e-2
 
 
