@@ -36,7 +36,8 @@ def test_labels_are_compact_and_name_every_other_axis(tmp_path: Path, tiny_grid:
 
 def test_defaults_are_resolved_into_the_spec(tmp_path: Path, tiny_grid: dict) -> None:
     fa = _expand(tmp_path, tiny_grid)[2].spec
-    assert fa.rule.params == {"batch_manhattan": False, "feedback_init": "xavier", "last_layer_bp": False}
+    assert fa.rule.params == {"batch_manhattan": False, "feedback_init": "xavier", "last_layer_bp": False,
+                              "feedback_dist": "normal"}
     assert fa.dataset.params["subset"] is None and fa.arch.params == {"hidden": [32, 32]}
     assert fa.inverse_optim is None
 

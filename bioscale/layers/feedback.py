@@ -15,8 +15,11 @@ M are buffers, so they are in ``state_dict`` (checkpoints) and move with ``.to(d
 What the scale means (``feedback_scale``; ``fans`` gives fan_in = C_in*kh*kw, fan_out = C_out*kh*kw):
 - ``xavier``: sqrt(2/(fan_in+fan_out)) (BioTorch); ``he-fanout``: sqrt(2/fan_out); ``xiao``: Xiao's code,
   sqrt(2/(kh*kw*C_out)) for conv/LC and 1/sqrt(fan_in) for linear layers.
-- a random B (``draw_feedback``) is N(0, scale^2), i.e. the scale is its std; the one exception is ``xiao``
-  on a linear layer, where B ~ U(-scale, scale) exactly as Xiao's code draws it.
+- a random B (``draw_feedback``) has std ``scale``, drawn by ``dist``: ``normal`` N(0, scale^2) (bioscale's
+  default) or ``uniform`` U(-sqrt(3) scale, sqrt(3) scale), BioTorch's draw (``nn.init.xavier_uniform_``,
+  bound sqrt(6/(fan_in+fan_out)) for ``xavier``). Same std, different shape: mean |B| is sqrt(2/pi) = 0.80
+  scale for normal, sqrt(3)/2 = 0.87 scale for uniform (8% apart). ``xiao`` draws exactly as Xiao's code
+  and takes no ``dist``: conv N(0, scale^2), linear U(-scale, scale).
 - sign-symmetry's B is sign(W) * scale: the scale is the magnitude of every entry.
 - random-magnitude sign-concordant B uses |M| with M drawn as a random B above (Xiao's code: conv
   |N(0, scale)|, linear U(0, scale)).
@@ -35,6 +38,7 @@ from bioscale.errors import BioscaleError
 from bioscale.layers.locally_connected import LocallyConnected2d
 
 FeedbackInit = Literal["xavier", "he-fanout", "xiao"]
+FeedbackDist = Literal["normal", "uniform"]
 
 
 # --------------------------------------------------------------------------------------------- scales
@@ -65,20 +69,32 @@ def feedback_scale(shape: tuple[int, ...] | torch.Size, init: FeedbackInit) -> f
     raise BioscaleError(f"unknown feedback_init {init!r}; use one of xavier, he-fanout, xiao.")
 
 
-def _uniform(shape: tuple[int, ...] | torch.Size, init: FeedbackInit) -> bool:
-    return init == "xiao" and len(shape) == 2
+def check_dist(init: FeedbackInit, dist: FeedbackDist) -> None:
+    """``xiao`` draws as Xiao's code does (module docstring); only the other scales take a distribution."""
+    if init == "xiao" and dist != "normal":
+        raise BioscaleError(
+            f"feedback_dist {dist!r} does not apply to feedback_init 'xiao', which draws exactly as Xiao et "
+            "al.'s code (conv N(0, s^2), linear U(-s, s)); leave feedback_dist at 'normal', or use "
+            "feedback_init 'xavier' or 'he-fanout' with feedback_dist 'uniform'."
+        )
 
 
-def draw_feedback_(out: Tensor, init: FeedbackInit) -> Tensor:
+def draw_feedback_(out: Tensor, init: FeedbackInit, dist: FeedbackDist = "normal") -> Tensor:
     """Fill ``out`` in place with a random B for a weight of its shape, from the global torch RNG."""
+    check_dist(init, dist)
     scale = feedback_scale(out.shape, init)
     with torch.no_grad():
-        return out.uniform_(-scale, scale) if _uniform(out.shape, init) else out.normal_(0.0, scale)
+        if init == "xiao" and len(out.shape) == 2:
+            return out.uniform_(-scale, scale)
+        if dist == "uniform":
+            bound = math.sqrt(3.0) * scale
+            return out.uniform_(-bound, bound)
+        return out.normal_(0.0, scale)
 
 
-def draw_feedback(weight: Tensor, init: FeedbackInit) -> Tensor:
+def draw_feedback(weight: Tensor, init: FeedbackInit, dist: FeedbackDist = "normal") -> Tensor:
     """A new random B shaped like ``weight`` (on its device, in its dtype)."""
-    return draw_feedback_(torch.empty_like(weight, memory_format=torch.contiguous_format), init)
+    return draw_feedback_(torch.empty_like(weight, memory_format=torch.contiguous_format), init, dist)
 
 
 # ------------------------------------------------------------------------------------ feedback sources
@@ -92,8 +108,8 @@ class MatrixFeedback(nn.Module):
         self.register_buffer("matrix", matrix.detach().clone())
 
     @classmethod
-    def random(cls, weight: Tensor, init: FeedbackInit) -> MatrixFeedback:
-        return cls(draw_feedback(weight, init))
+    def random(cls, weight: Tensor, init: FeedbackInit, dist: FeedbackDist = "normal") -> MatrixFeedback:
+        return cls(draw_feedback(weight, init, dist))
 
     def forward(self, weight: Tensor) -> Tensor:
         return self.matrix
@@ -152,23 +168,25 @@ class SignMagnitudeFeedback(_SignBase):
     ``magnitude`` holds |M| as a buffer; ``redraw_`` draws a fresh one (brSF calls it after every update).
     """
 
-    def __init__(self, magnitude: Tensor, init: FeedbackInit) -> None:
+    def __init__(self, magnitude: Tensor, init: FeedbackInit, dist: FeedbackDist = "normal") -> None:
         super().__init__(magnitude)
+        check_dist(init, dist)
         self.init: FeedbackInit = init
+        self.dist: FeedbackDist = dist
         self.register_buffer("magnitude", magnitude.detach().abs())
 
     @classmethod
-    def random(cls, weight: Tensor, init: FeedbackInit) -> SignMagnitudeFeedback:
-        return cls(draw_feedback(weight, init), init)
+    def random(cls, weight: Tensor, init: FeedbackInit, dist: FeedbackDist = "normal") -> SignMagnitudeFeedback:
+        return cls(draw_feedback(weight, init, dist), init, dist)
 
     def redraw_(self) -> None:
-        draw_feedback_(self.magnitude, self.init).abs_()
+        draw_feedback_(self.magnitude, self.init, self.dist).abs_()
 
     def _apply_sign(self, sign: Tensor) -> Tensor:
         return sign.mul_(self.magnitude)
 
     def extra_repr(self) -> str:
-        return f"init={self.init!r}"
+        return f"init={self.init!r}, dist={self.dist!r}"
 
 
 # ------------------------------------------------------------------------------------ autograd functions

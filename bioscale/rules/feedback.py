@@ -4,13 +4,16 @@ Each rule is a small class that says which feedback matrix B replaces W^T (paper
 definitions"); the layers (``bioscale.layers.feedback``) and the converter do the rest:
 
 - ``FA``: a fixed random B per layer, drawn at ``prepare`` from the global torch RNG (Lillicrap et al.).
-- ``SignSymmetry``: B = sign(W) * a fixed per-layer scale, from the current W at every step (Xiao et al.).
+- ``SignSymmetry``: B = sign(W) * a fixed per-layer scale (Xiao et al.'s code's, by default), from the
+  current W at every step.
 - ``FRSF`` / ``BRSF``: B = |M| * sign(W) with M drawn once / redrawn after every update (Liao et al.).
-- ``KolenPollack``: B gets exactly W's update, and both decay, so W - B shrinks every step.
+- ``KolenPollack``: B gets exactly W's update, and both decay by λ per step, so W - B shrinks every step
+  (Akrout et al. 2019).
 - ``DFA``: the output error e reaches every hidden layer directly through its own fixed B_l (Nokland 2016).
 
 Batch norm, pooling, activations and residual adds keep backprop. ``last_layer_bp`` leaves the output
-layer (``output_module``) as plain backprop. The scale options are described in ``bioscale.layers.feedback``.
+layer (``output_module``) as plain backprop. The scale and draw options are described in
+``bioscale.layers.feedback``; each rule's ``source`` (``bioscale list rules``) says which paper its defaults follow.
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from bioscale.catalog import register_rule
 from bioscale.errors import BioscaleError
+from bioscale.ids import added
 from bioscale.lazy import lazy
 from bioscale.rules.base import BackwardRule, BPParams
 
@@ -40,25 +44,72 @@ angles = lazy("bioscale.rules.angles")
 
 XIAO = "Xiao, Chen, Liao, Poggio 2018"
 LIAO = "Liao, Leibo, Poggio 2016"
+RANDOM_B = ("feedback scale xavier (BioTorch's), drawn normal (no paper states the draw; BioTorch's is "
+            "feedback_dist=uniform)")
+KP_DECAY = 1e-2
 
 
 class BackwardParams(BPParams):
     feedback_init: Literal["xavier", "he-fanout", "xiao"] = "xavier"
-    """Per-layer feedback scale s: ``xavier`` sqrt(2/(fan_in+fan_out)) as in BioTorch; ``he-fanout``
-    sqrt(2/fan_out); ``xiao`` as Xiao et al.'s code (conv: sqrt(2/(k*k*C_out)), linear: 1/sqrt(fan_in)),
-    with fan_in = C_in*k*k, fan_out = C_out*k*k. A random B (fa, kp, dfa) is N(0, s^2), except ``xiao`` on
-    a linear layer: U(-s, s) as in Xiao's code; ss uses B = s*sign(W); frsf/brsf use |M|*sign(W) with M
-    drawn like a random B."""
+    """Per-layer feedback scale s: ``xavier`` sqrt(2/(fan_in+fan_out)) as in BioTorch (the default of every
+    rule but ss: Bartunov et al. and Lillicrap et al. do not state theirs; Glorot is their forward init);
+    ``he-fanout`` sqrt(2/fan_out); ``xiao`` as Xiao et al.'s code (conv: sqrt(2/(k*k*C_out)), linear:
+    1/sqrt(fan_in)), with fan_in = C_in*k*k, fan_out = C_out*k*k. ss uses B = s*sign(W); a random B (fa, kp,
+    dfa) has std s, drawn by ``feedback_dist``, except ``xiao`` which draws as Xiao's code (conv N(0, s^2),
+    linear U(-s, s)); frsf/brsf use |M|*sign(W) with M drawn like a random B."""
     last_layer_bp: bool = False
     """Keep backprop in the output layer (Xiao's code default; Bartunov et al. apply the rule everywhere).
     DFA always trains the output layer with its true gradient, so this changes nothing there."""
 
 
-class KPParams(BackwardParams):
-    decay: float = Field(1e-4, ge=0.0)
-    """Weight decay applied to both W and B, which makes them converge (Kolen & Pollack): after each step
-    W <- (1 - lr*decay) W and B <- (1 - lr*decay) B at the layer's current lr, so W - B shrinks by that
-    factor every step (B gets exactly W's update otherwise)."""
+class SSParams(BackwardParams):
+    feedback_init: Literal["xavier", "he-fanout", "xiao"] = "xiao"
+    """Per-layer scale s of B = s*sign(W). Default ``xiao``: Xiao et al.'s code (conv sqrt(2/(k*k*C_out)),
+    the He/ResNet init std; linear 1/sqrt(fan_in)); ``xavier`` sqrt(2/(fan_in+fan_out)) is BioTorch's uSF
+    scale (bioscale's default before issue 16); ``he-fanout`` sqrt(2/fan_out)."""
+
+
+class RandomFeedbackParams(BackwardParams):
+    feedback_dist: Literal["normal", "uniform"] = added("normal")
+    """How a random B (or frsf/brsf's M) is drawn at std s (``feedback_init``): ``normal`` N(0, s^2)
+    (default; neither Bartunov et al. nor Lillicrap et al. state a distribution) or ``uniform``
+    U(-sqrt(3) s, sqrt(3) s), BioTorch's Glorot-uniform (``nn.init.xavier_uniform_``) when s is ``xavier``.
+    Same std; mean |B| is 8% smaller for normal (0.80 s vs 0.87 s), which is what frsf/brsf's |M| sees.
+    ``feedback_init: xiao`` draws as Xiao's code and takes only the default."""
+
+    @model_validator(mode="after")
+    def _xiao_draws_its_own_way(self) -> RandomFeedbackParams:
+        if self.feedback_init == "xiao" and self.feedback_dist != "normal":
+            raise ValueError(
+                "feedback_dist applies to feedback_init xavier and he-fanout only: xiao draws exactly as Xiao "
+                "et al.'s code (conv N(0, s^2), linear U(-s, s)). Leave feedback_dist at normal with xiao."
+            )
+        return self
+
+
+class KPParams(RandomFeedbackParams):
+    decay: float = Field(KP_DECAY, ge=0.0)
+    """Weight decay λ applied to both W and B after every step, which makes them converge (Kolen & Pollack
+    1994; Akrout et al. 2019, Eqs. 16-17): W - B shrinks by the same factor as each of them. The factor
+    is set by ``decay_mode``. Per step, λ trades alignment speed for weight size: W - B falls to e^{-λt}
+    of its start after t steps, while under Adam |W| stays below about lr/λ per entry. The default 1e-2
+    (before issue 16: 1e-4 with ``lr_scaled``) aligns every layer of the MNIST FC net below 10 degrees
+    within 20 epochs of mnist-5k (620 steps of 128) under Adam lr 1e-3 or SGD lr 0.01 with momentum
+    (results/fidelity/README.md); long runs (ImageNet: ~5000 steps an epoch) want a far smaller λ."""
+    decay_mode: Literal["per_step", "lr_scaled"] = added("per_step", baseline="lr_scaled")
+    """``per_step`` (default): W <- (1 - λ) W and B <- (1 - λ) B after every step, whatever the optimiser
+    and its lr, as Akrout et al.'s released code applies it (fcnn/FCNN_KP.py: ``weight_decay * w -
+    lr * ΔW`` for W and the same for B, citing the paper's Eqs. 16-17); W - B = (1 - λ)^t (W_0 - B_0).
+    ``lr_scaled``: the factor is 1 - lr·λ at the layer's current lr (decoupled weight decay; bioscale's
+    only behaviour before issue 16): with Adam at lr 1e-4 and λ 1e-4 it is 1 - 1e-8 per step, so W - B
+    never shrinks and kp trains like fa."""
+
+    @model_validator(mode="after")
+    def _decay_below_one(self) -> KPParams:
+        if self.decay_mode == "per_step" and self.decay >= 1.0:
+            raise ValueError(f"decay {self.decay} with decay_mode per_step would zero or flip W and B every "
+                             "step: give a per-step decay below 1 (e.g. 1e-3).")
+        return self
 
 
 class _AlignmentRule(BackwardRule):
@@ -86,6 +137,12 @@ class FeedbackRule(_AlignmentRule):
 
     report: ConversionReport | None = None
     _layers: dict[str, nn.Module]
+
+    @property
+    def feedback_dist(self) -> feedback_lib.FeedbackDist:
+        """``feedback_dist`` of the params; "normal" for params without it (ss, plugins built on
+        ``BackwardParams``, which drew normal before the field existed)."""
+        return getattr(self.params, "feedback_dist", "normal")
 
     def make_feedback(self, weight: Tensor) -> nn.Module:
         raise NotImplementedError
@@ -116,19 +173,19 @@ class FeedbackRule(_AlignmentRule):
         return {**super().diagnostics(x, y), **angles.weight_feedback_angles(self._layers)}
 
 
-@register_rule("fa", family="backward", params=BackwardParams, display="FA", order=40,
+@register_rule("fa", family="backward", params=RandomFeedbackParams, display="FA", order=40,
                summary="Feedback alignment: a fixed random matrix B replaces W^T in the backward pass.",
-               source="Lillicrap et al. 2016; Bartunov et al. 2018 (FA); scales as BioTorch")
+               source=f"Lillicrap et al. 2016; Bartunov et al. 2018 (FA); defaults: {RANDOM_B}")
 class FA(FeedbackRule):
     """Feedback alignment: a fixed random B per layer (a buffer: checkpointed, moved with the model)."""
 
     def make_feedback(self, weight: Tensor) -> nn.Module:
-        return feedback_lib.MatrixFeedback.random(weight, self.params.feedback_init)
+        return feedback_lib.MatrixFeedback.random(weight, self.params.feedback_init, self.feedback_dist)
 
 
-@register_rule("ss", family="backward", params=BackwardParams, display="SS", order=60,
+@register_rule("ss", family="backward", params=SSParams, display="SS", order=60,
                summary="Sign-symmetry: B = sign(W) times a fixed per-layer scale.",
-               source=f"{XIAO}; default scale as BioTorch (feedback_init=xavier)")
+               source=f"{XIAO}; default scale as their code (feedback_init=xiao; BioTorch's: xavier)")
 class SignSymmetry(FeedbackRule):
     """Sign-symmetry: B = sign(W) * scale, recomputed from the current W once per forward pass (= once
     per training step: the layer computes it in forward and saves it for backward; never in evaluation)."""
@@ -137,19 +194,19 @@ class SignSymmetry(FeedbackRule):
         return feedback_lib.SignFeedback(feedback_lib.feedback_scale(weight.shape, self.params.feedback_init), weight)
 
 
-@register_rule("frsf", family="backward", params=BackwardParams, display="frSF", order=80,
+@register_rule("frsf", family="backward", params=RandomFeedbackParams, display="frSF", order=80,
                summary="Fixed random-magnitude sign-concordant feedback: B = |M| sign(W), M drawn once.",
-               source=LIAO)
+               source=f"{LIAO}; defaults: M {RANDOM_B}")
 class FRSF(FeedbackRule):
     """Fixed random-magnitude sign-concordant feedback: B = |M| * sign(W), M drawn once."""
 
     def make_feedback(self, weight: Tensor) -> nn.Module:
-        return feedback_lib.SignMagnitudeFeedback.random(weight, self.params.feedback_init)
+        return feedback_lib.SignMagnitudeFeedback.random(weight, self.params.feedback_init, self.feedback_dist)
 
 
-@register_rule("brsf", family="backward", params=BackwardParams, display="brSF", order=70,
+@register_rule("brsf", family="backward", params=RandomFeedbackParams, display="brSF", order=70,
                summary="Batchwise random-magnitude sign-concordant feedback: |M| redrawn after every update.",
-               source=LIAO)
+               source=f"{LIAO}; defaults: M {RANDOM_B}")
 class BRSF(FRSF):
     """Batchwise random-magnitude sign-concordant feedback: M is redrawn after every update of W."""
 
@@ -160,15 +217,18 @@ class BRSF(FRSF):
 
 @register_rule("kp", family="backward", params=KPParams, display="KP", order=90,
                summary="Kolen-Pollack: B gets W's update plus weight decay, so B and W converge.",
-               source="Kolen & Pollack 1994; Akrout et al. 2019")
+               source=f"Kolen & Pollack 1994; Akrout et al. 2019 (decay per step, Eqs. 16-17); B0: {RANDOM_B}")
 class KolenPollack(FA):
     """Kolen-Pollack: B starts random and receives exactly W's update; then both decay.
 
     "The same update" is implemented as B <- B + (W_new - W_old), whatever the optimiser (SGD, momentum,
     Adam, Batch Manhattan): B - W is stashed in B before the step and W_new added back after it, so no
-    copy and no second optimiser state is needed. The decay is decoupled weight decay at each parameter
-    group's current lr: W <- (1 - lr*decay) W and B <- (1 - lr*decay) B, so W - B shrinks by exactly that
-    factor each step and the two converge (any ``optim.weight_decay`` acts on W only, as usual).
+    copy and no second optimiser state is needed. W's change includes any ``optim.weight_decay`` the
+    optimiser applies to W (SGD: -lr·wd·W; Adam folds it into its moments, where it cannot be separated
+    from the gradient step), so B moves by that too and the optimiser's weight decay never changes W - B;
+    B itself is not a parameter, so the optimiser never decays B by its own value. What makes W and B
+    converge is ``decay``, applied to both after the step (``decay_mode``): W - B shrinks by exactly the
+    decay factor each step.
     """
 
     params: KPParams
@@ -187,20 +247,22 @@ class KolenPollack(FA):
         with torch.no_grad():
             torch._foreach_add_(bs, ws)
             if self.params.decay > 0:
-                factors = [1.0 - lr * self.params.decay for lr in self._weight_lrs(ws)]
-                for w, b, f in zip(ws, bs, factors, strict=True):
+                for w, b, f in zip(ws, bs, self.decay_factors(ws), strict=True):
                     w.mul_(f)
                     b.mul_(f)
 
-    def _weight_lrs(self, ws: list[Tensor]) -> list[float]:
+    def decay_factors(self, ws: list[Tensor]) -> list[float]:
+        """What W and B of each layer are multiplied by after a step (``KPParams.decay_mode``)."""
+        if self.params.decay_mode == "per_step":
+            return [1.0 - self.params.decay] * len(ws)
         lr = {id(p): g["lr"] for g in self.optimizers["model"].param_groups for p in g["params"]}
-        return [float(lr.get(id(w), 0.0)) for w in ws]
+        return [1.0 - float(lr.get(id(w), 0.0)) * self.params.decay for w in ws]
 
 
-@register_rule("dfa", family="backward", params=BackwardParams, display="DFA", order=50,
+@register_rule("dfa", family="backward", params=RandomFeedbackParams, display="DFA", order=50,
                needs_layered=True,
                summary="Direct feedback alignment: the output error reaches each hidden layer through its own B.",
-               source="Nokland 2016; Bartunov et al. 2018 (DFA)")
+               source=f"Nokland 2016; Bartunov et al. 2018 (DFA); defaults: {RANDOM_B}")
 class DFA(_AlignmentRule):
     """Direct feedback alignment (Nokland 2016) on a ``LayeredNet``.
 
@@ -231,7 +293,8 @@ class DFA(_AlignmentRule):
         for layer in model.layers[:-1]:
             shape = (classes, math.prod(layer.out_shape))
             proto = torch.empty(shape, device=weight.device, dtype=weight.dtype)
-            drawn = feedback_lib.draw_feedback(proto, self.params.feedback_init)
+            drawn = feedback_lib.draw_feedback(proto, self.params.feedback_init,
+                                               getattr(self.params, "feedback_dist", "normal"))
             layer.direct_feedback = feedback_lib.MatrixFeedback(drawn)
         self._net = model
         self._layers = {f"layers.{i}.op": layer.op for i, layer in enumerate(model.layers[:-1])}
@@ -273,4 +336,5 @@ class DFA(_AlignmentRule):
         return BackwardRule.rule_backward(self, x, y)
 
 
-__all__ = ["BRSF", "DFA", "FA", "FRSF", "FeedbackRule", "KolenPollack", "SignSymmetry"]
+__all__ = ["BRSF", "DFA", "FA", "FRSF", "BackwardParams", "FeedbackRule", "KPParams", "KolenPollack",
+           "RandomFeedbackParams", "SSParams", "SignSymmetry"]

@@ -21,6 +21,7 @@ from pydantic import Field, PositiveFloat, PositiveInt
 
 from bioscale.catalog import register_rule
 from bioscale.errors import BioscaleError
+from bioscale.ids import added
 from bioscale.lazy import grad_mode, lazy
 from bioscale.rules.base import Rule, StepOutput
 from bioscale.spec import OptimSpec, Strict
@@ -52,9 +53,20 @@ class TargetParams(Strict):
     """Std of the Gaussian noise used to train the inverses (Table 5's σ)."""
 
 
+AlphaConvention = Literal["per_example", "batch_mean"]
+
+
 class DTPParams(TargetParams):
     alpha: PositiveFloat = 0.1
-    """Step size α of the penultimate target ĥ_{L-1} = h_{L-1} - α ∂L/∂h_{L-1}, L the per-example loss."""
+    """Step size α of the penultimate target ĥ_{L-1} = h_{L-1} - α ∂L/∂h_{L-1} (Table 5's α)."""
+    alpha_convention: AlphaConvention = added("per_example")
+    """Which loss L the α step differentiates. ``per_example``: L is example n's own cross-entropy, the
+    formula as printed in Bartunov et al. (Sec. 2), so the step does not depend on the batch size B.
+    ``batch_mean``: L is the batch-mean cross-entropy, as Lee et al.'s DTP code does it (``H7_ = H7 -
+    lr0*T.grad(cost, H7)``, ``cost`` a batch mean), so each example moves by α/B times its own gradient.
+    Table 5's α (0.01-0.31) are the size of Lee's 0.33, which suggests the paper inherited ``batch_mean``;
+    the two differ by a factor B (128 here) in the hidden layers' effective learning rate. The default is
+    today's behaviour, pending the study in results/fidelity (issue 16), which picks it by evidence."""
 
 
 class AOSDTPParams(TargetParams):
@@ -328,15 +340,17 @@ class TargetRule(Rule):
 
 @register_rule("dtp", family="target", params=DTPParams, display="DTP", order=10, needs_layered=True,
                summary="Difference target propagation, penultimate target by a gradient step.",
-               source=f"Lee et al. 2015; {BARTUNOV}")
+               source=f"Lee et al. 2015; {BARTUNOV}; default alpha_convention per_example (the formula as "
+                      "printed; Lee's code: batch_mean), pending the study in results/fidelity")
 class DTP(TargetRule):
     """Difference target propagation (Lee et al. 2015) as Bartunov et al. run it.
 
-    The penultimate target is a gradient step, ĥ_{L-1} = h_{L-1} - α ∂L(h_L)/∂h_{L-1}, where L is the
-    per-example cross-entropy (so the step does not shrink with the batch size; the original Theano code
-    differentiates the batch-mean loss, i.e. its α is per batch: α_code = α·B). Lower layers use the
-    difference rule. There is no output-layer inverse (the original code has none; no target uses it).
-    Inverses train on the noise-preserving loss ||g(f(h+ε)) - (h+ε)||² (App. 5.1).
+    The penultimate target is a gradient step, ĥ_{L-1} = h_{L-1} - α ∂L(h_L)/∂h_{L-1}. ``alpha_convention``
+    says which L: the per-example cross-entropy (default, the formula as printed: the step does not shrink
+    with the batch size) or the batch-mean one (the original Theano code: each example moves by α/B times
+    its own gradient, B the global batch size). Lower layers use the difference rule. There is no output-layer
+    inverse (the original code has none; no target uses it). Inverses train on the noise-preserving loss
+    ||g(f(h+ε)) - (h+ε)||² (App. 5.1).
     """
 
     params: DTPParams
@@ -349,7 +363,15 @@ class DTP(TargetRule):
     def top_target(self, hs: list[Tensor], y: Tensor, top_grad: Tensor | None, aux: Tensor | None
                    ) -> tuple[int, Tensor]:
         assert top_grad is not None
-        return len(hs) - 2, hs[-2] - self.params.alpha * top_grad.view_as(hs[-2])
+        return len(hs) - 2, hs[-2] - self.alpha_step(len(hs[-2])) * top_grad.view_as(hs[-2])
+
+    def alpha_step(self, rows: int) -> float:
+        """The factor on the per-example gradient ``top_grad``: α, or α/B for ``batch_mean``, B the size of
+        the whole batch (in a distributed job the global one, of which this rank holds ``rows``)."""
+        if self.params.alpha_convention == "per_example":
+            return self.params.alpha
+        total = self.shard.total if self.shard is not None else rows
+        return self.params.alpha / total
 
 
 @register_rule("sdtp", family="target", params=TargetParams, display="SDTP", order=20, needs_layered=True,

@@ -294,6 +294,50 @@ def test_random_feedback_distributions() -> None:
     assert abs(xav.mean().item()) < 0.01
 
 
+@pytest.mark.parametrize("init", ["xavier", "he-fanout"])
+@pytest.mark.parametrize("shape", [(300, 200), (64, 32, 3, 3), (2, 2, 48, 16, 3, 3)])
+def test_feedback_dist_normal_and_uniform_share_the_std(init: str, shape: tuple[int, ...]) -> None:
+    """``normal``: N(0, s^2); ``uniform``: BioTorch's Glorot-uniform U(-sqrt(3) s, sqrt(3) s), same std s
+    (for xavier, sqrt(3) s = sqrt(6/(fan_in+fan_out)), ``nn.init.xavier_uniform_``'s bound)."""
+    fan_in = math.prod(shape[-3:]) if len(shape) > 2 else shape[1]
+    fan_out = shape[-4] * math.prod(shape[-2:]) if len(shape) > 2 else shape[0]
+    s = math.sqrt(2 / (fan_in + fan_out)) if init == "xavier" else math.sqrt(2 / fan_out)
+    torch.manual_seed(3)
+    normal = draw_feedback(torch.empty(shape), init, "normal")
+    uniform = draw_feedback(torch.empty(shape), init, "uniform")
+    for b in (normal, uniform):
+        assert b.std().item() == pytest.approx(s, rel=0.03)
+        assert abs(b.mean().item()) < 0.03 * s
+    bound = math.sqrt(3) * s
+    assert uniform.abs().max() <= bound and uniform.abs().max() > 0.99 * bound  # bounded, and fills it
+    assert normal.abs().max() > 1.5 * bound  # a normal's tails pass the uniform's bound
+    # the mean magnitude frsf/brsf's |M| sees: sqrt(2/pi) s for normal, sqrt(3)/2 s for uniform (8% apart)
+    assert normal.abs().mean().item() == pytest.approx(math.sqrt(2 / math.pi) * s, rel=0.03)
+    assert uniform.abs().mean().item() == pytest.approx(math.sqrt(3) / 2 * s, rel=0.03)
+    if init == "xavier" and len(shape) == 2:  # the same distribution as torch's own xavier_uniform_
+        torch.manual_seed(4)
+        reference = torch.nn.init.xavier_uniform_(torch.empty(shape))
+        assert reference.abs().max() <= bound and reference.std().item() == pytest.approx(s, rel=0.03)
+
+
+def test_sign_magnitude_feedback_keeps_its_dist_when_redrawn() -> None:
+    torch.manual_seed(5)
+    weight = torch.empty(200, 300)
+    src = SignMagnitudeFeedback.random(weight, "xavier", "uniform")
+    bound = math.sqrt(3) * math.sqrt(2 / 500)
+    for _ in range(2):
+        assert src.magnitude.min() >= 0 and src.magnitude.max() <= bound
+        assert src.magnitude.mean().item() == pytest.approx(bound / 2, rel=0.03)  # U(0, bound)
+        src.redraw_()
+
+
+def test_xiao_takes_no_feedback_dist() -> None:
+    with pytest.raises(BioscaleError, match="does not apply to feedback_init 'xiao'"):
+        draw_feedback(torch.empty(4, 5), "xiao", "uniform")
+    with pytest.raises(BioscaleError, match="does not apply"):
+        SignMagnitudeFeedback(torch.ones(4, 5), "xiao", "uniform")
+
+
 def test_feedback_drawn_from_global_rng() -> None:
     torch.manual_seed(9)
     a = FeedbackLinear(5, 4).feedback_weight.clone()

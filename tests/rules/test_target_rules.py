@@ -28,11 +28,11 @@ B, CLASSES, ALPHA, SIGMA = 6, 3, 0.13, 0.2
 
 
 def make(cls: type[TargetRule], schedule: str = "parallel", seed: int = 0, aux: int = 4,
-         optim: OptimSpec = SGD1) -> TargetRule:
+         optim: OptimSpec = SGD1, convention: str = "per_example") -> TargetRule:
     torch.manual_seed(seed)
     info = DataShape("mnist", (1, 2, 3), CLASSES, 10, 10)
     model = build_fc(FCParams(hidden=[5, 4]), info)
-    params = {DTP: DTPParams(alpha=ALPHA, sigma=SIGMA, schedule=schedule),
+    params = {DTP: DTPParams(alpha=ALPHA, sigma=SIGMA, schedule=schedule, alpha_convention=convention),
               SDTP: TargetParams(sigma=SIGMA, schedule=schedule),
               AOSDTP: AOSDTPParams(sigma=SIGMA, schedule=schedule, aux_units=aux)}[cls]
     rule = cls(params, optim, optim)
@@ -79,21 +79,23 @@ class Ref:
         onehot = torch.eye(CLASSES, dtype=torch.float64)[y]
         return onehot if self.R is None else torch.cat([onehot, torch.tanh(h2 @ self.R.T)], 1)
 
-    def targets(self, rule: TargetRule, x: Tensor, y: Tensor) -> list[Tensor]:
+    def targets(self, rule: TargetRule, x: Tensor, y: Tensor, alpha: float = ALPHA) -> list[Tensor]:
+        """``alpha``: the factor on the per-example gradient (α as printed; α/B for Lee's batch mean)."""
         _, h1, h2, logits = self.forward(x)
         if isinstance(rule, DTP):
             onehot = torch.eye(CLASSES, dtype=torch.float64)[y]
             dl_dh2 = (torch.softmax(logits, 1) - onehot) @ self.W[2]  # per-example d CE / d h2
-            t2 = h2 - ALPHA * dl_dh2
+            t2 = h2 - alpha * dl_dh2
         else:
             t2 = h2 - self.g(2, self.code(logits, h2)) + self.g(2, self.label(y, h2))
         t1 = h1 - self.g(1, h2) + self.g(1, t2)
         return [t1, t2]
 
-    def forward_grads(self, rule: TargetRule, x: Tensor, y: Tensor) -> list[tuple[Tensor, Tensor]]:
+    def forward_grads(self, rule: TargetRule, x: Tensor, y: Tensor, alpha: float = ALPHA
+                      ) -> list[tuple[Tensor, Tensor]]:
         """d/d(W_l, b_l) of mean_n ||h_l - ĥ_l||² (ĥ fixed) for hidden layers, of mean CE for the output."""
         h0, h1, h2, logits = self.forward(x)
-        t1, t2 = self.targets(rule, x, y)
+        t1, t2 = self.targets(rule, x, y, alpha)
         out = []
         for h_in, h, t in [(h0, h1, t1), (h1, h2, t2)]:
             delta = 2 * (h - t) * (1 - h**2) / B
@@ -168,6 +170,68 @@ def test_dtp_penultimate_target_is_the_gradient_step() -> None:
     per_example = F.cross_entropy(rule.model.layers[2](h2), y, reduction="sum")  # sum of per-example losses
     (grad,) = torch.autograd.grad(per_example, h2)
     torch.testing.assert_close(targets[1], h2.detach() - ALPHA * grad)
+
+
+# ---- DTP's alpha convention (issue 16): the printed per-example formula vs Lee et al.'s batch mean ----------
+
+
+@pytest.mark.parametrize("convention", ["per_example", "batch_mean"])
+def test_dtp_alpha_convention_gives_the_exact_targets_and_updates(convention: str) -> None:
+    """per_example: ĥ_2 = h_2 - α ∂ℓ_n/∂h_2 (Bartunov et al., as printed); batch_mean: ĥ_2 = h_2 - α ∂(mean_n
+    ℓ_n)/∂h_2 = h_2 - (α/B) ∂ℓ_n/∂h_2 (Lee et al.'s code), with ∂ℓ_n/∂h_2 = (p_n - onehot_n) W_2 by hand."""
+    rule = make(DTP, convention=convention)
+    assert rule.params.alpha_convention == convention
+    step = ALPHA if convention == "per_example" else ALPHA / B
+    ref = Ref(rule)
+    x, y = batch()
+    _, targets, _ = rule.layer_targets(x, y)
+    for got, want in zip(targets, ref.targets(rule, x, y, step), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    other = ALPHA / B if convention == "per_example" else ALPHA  # the other convention is really different
+    assert not torch.allclose(targets[1], ref.targets(rule, x, y, other)[1], rtol=0, atol=1e-6)
+    before = [(layer.op.weight.detach().clone(), layer.op.bias.detach().clone()) for layer in rule.model.layers]
+    rule.train_step(x, y)  # SGD lr 1: every parameter moves by minus its local gradient
+    for layer, (w0, b0), (gw, gb) in zip(rule.model.layers, before, ref.forward_grads(rule, x, y, step),
+                                         strict=True):
+        torch.testing.assert_close(layer.op.weight.detach(), w0 - gw, rtol=0, atol=1e-12)
+        torch.testing.assert_close(layer.op.bias.detach(), b0 - gb, rtol=0, atol=1e-12)
+
+
+def test_dtp_alpha_convention_scales_with_the_batch_only_for_batch_mean() -> None:
+    """An example's penultimate step h - ĥ: the same in a batch of 6 and of 3 per example; for the batch mean
+    it is twice as large in the batch of 3 (α/3 vs α/6)."""
+    x, y = batch()
+    for convention, ratio in [("per_example", 1.0), ("batch_mean", 2.0)]:
+        rule = make(DTP, convention=convention)
+        hs, full_t, _ = rule.layer_targets(x, y)
+        hs_half, half_t, _ = rule.layer_targets(x[:3], y[:3])
+        torch.testing.assert_close(hs_half[1] - half_t[1], ratio * (hs[1][:3] - full_t[1][:3]), rtol=0, atol=1e-12)
+
+
+def test_dtp_batch_mean_divides_by_the_global_batch_in_a_distributed_job() -> None:
+    from bioscale.data.base import BatchShard
+
+    rule = make(DTP, convention="batch_mean")
+    rule.shard = BatchShard(rows=slice(0, None, 2), total=12, weight=0.5)
+    assert rule.alpha_step(6) == ALPHA / 12
+    rule.params = DTPParams(alpha=ALPHA, alpha_convention="per_example")
+    assert rule.alpha_step(6) == ALPHA
+
+
+@pytest.mark.parametrize("cls", [SDTP, AOSDTP])
+def test_alpha_convention_does_not_apply_to_sdtp_and_aosdtp(cls: type[TargetRule]) -> None:
+    """SDTP and AO-SDTP take no gradient step (their top target is the label), so they have no α and no
+    convention: an example's targets do not depend on the rest of its batch."""
+    params = {SDTP: TargetParams, AOSDTP: AOSDTPParams}[cls]
+    assert "alpha" not in params.model_fields and "alpha_convention" not in params.model_fields
+    with pytest.raises(ValueError, match="alpha_convention"):
+        params(alpha_convention="batch_mean")
+    rule = make(cls)
+    x, y = batch()
+    _, full_t, _ = rule.layer_targets(x, y)
+    _, half_t, _ = rule.layer_targets(x[:3], y[:3])
+    for a, b in zip(full_t, half_t, strict=True):
+        torch.testing.assert_close(a[:3], b, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("cls", [SDTP, AOSDTP])
