@@ -80,12 +80,12 @@ class LocalExecutor(Executor):
 
     def layout(self) -> list[str | None]:
         """One entry per worker slot: the ``CUDA_VISIBLE_DEVICES`` value that pins it, None for a CPU slot.
-        ``workers`` caps the slots; without GPUs it defaults to half the cores."""
+        ``workers`` caps the slots; without GPUs it defaults to half the CPUs this process may use."""
         gpus = visible_gpus()
         if gpus:
             slots: list[str | None] = [g for g in gpus for _ in range(self.jobs_per_gpu)]
             return slots[: self.workers] if self.workers else slots
-        return [None] * (self.workers or max(1, (os.cpu_count() or 1) // 2))
+        return [None] * (self.workers or max(1, cpu_threads.cpus_available() // 2))
 
     def threads_per_job(self, workers: int) -> int:
         """The most threads a job may use (``bioscale.threads``: a small job uses fewer): ``threads``, else the

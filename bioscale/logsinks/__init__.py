@@ -186,10 +186,11 @@ class JobLog:
         log.best = min((m.test_error for m in done), default=math.inf)
         context = SinkContext(job, directory, start, list(done))
         for name in job.logging:
+            problem = missing_package(name)  # preflight says so before a run; a job started another way here
+            if problem:
+                log.problems.append(problem.removeprefix("logging: "))
+                continue
             try:
-                problem = missing_package(name)
-                if problem:
-                    raise ModuleNotFoundError(problem)
                 log.sinks[name] = importlib.import_module(SINKS[name].module).open_sink(context)
             except Exception as exc:
                 log._failed(name, "could not start", exc)
@@ -227,8 +228,7 @@ class JobLog:
 
     def _failed(self, name: str, what: str, exc: Exception) -> None:
         why = " ".join(str(exc).split())[:300]
-        self.problems.append(f"{name} {what} ({type(exc).__name__}: {why})" if not isinstance(exc, ModuleNotFoundError)
-                             or not why.startswith("logging:") else why.removeprefix("logging: "))
+        self.problems.append(f"{name} {what} ({type(exc).__name__}: {why})")
 
     @staticmethod
     def _close_quietly(sink: Sink) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 from bioscale import runner
 from bioscale.distributed import job_payload
 from bioscale.errors import BioscaleError
-from bioscale.logsinks import SINKS, JobLog, with_sinks
+from bioscale.logsinks import SINKS, with_sinks
 from bioscale.preflight import PreflightError, preflight
 from bioscale.spec import GridSpec
 from bioscale.store import Store
@@ -129,7 +130,20 @@ def test_a_sink_that_cannot_start_is_a_note(sink_job, tmp_path: Path, monkeypatc
     assert result.status == "done" and "logging: tensorboard needs the 'x' package" in result.error
 
 
-def test_only_the_writing_process_logs() -> None:
-    """A rank other than 0 never opens sinks: its trainer keeps the empty log."""
-    log = JobLog()
-    assert not log.sinks and log.close() is None
+def test_only_rank_0_of_a_distributed_job_logs(tiny_grid: dict, tmp_path: Path) -> None:
+    """``--log`` reaches torchrun's ranks through the job file; rank 0 alone writes one set of events, equal to
+    the metrics."""
+    from tbparse import SummaryReader
+
+    grid = {**tiny_grid, "axes": {"seed": [0]}}
+    grid["base"] = {**grid["base"], "train": {**grid["base"]["train"], "epochs": 2, "device": "cpu"}}
+    cmd = [sys.executable, "-m", "bioscale", "run", str(_grid_file(tmp_path, grid)), "--results",
+           str(tmp_path / "r"), "-q", "--nproc-per-node", "2", "--log", "tensorboard"]
+    subprocess.run(cmd, check=True, cwd=REPO, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    (job_dir,) = (tmp_path / "r" / "tiny").iterdir()
+    assert len(list((job_dir / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    frame = SummaryReader(str(job_dir / "tensorboard")).scalars
+    errors = frame[frame["tag"] == "test/error"]
+    rows = [json.loads(line) for line in (job_dir / "metrics.jsonl").read_text().splitlines()]
+    assert list(errors["step"]) == [1, 2]
+    assert list(errors["value"]) == pytest.approx([row["test_error"] for row in rows], rel=1e-6)
