@@ -304,9 +304,11 @@ class GridSpec(Strict):
     executor: ExecutorSpec | None = None
     resources: Resources | None = None
     """What each scheduler task asks for (``executor: slurm``); per job through ``overrides``."""
-    logging: Annotated[list[str], AfterValidator(_check_sinks)] = Field(default_factory=list)
+    logging: Annotated[list[str], BeforeValidator(lambda v: [v] if isinstance(v, str) else v),
+                       AfterValidator(_check_sinks)] = Field(default_factory=list)
     """Where every job's epochs are mirrored besides the store (``bioscale.logsinks``): ``tensorboard``,
-    ``wandb``. Not part of any job id: it does not change what a job computes."""
+    ``wandb`` (a single name is a list of one). Not part of any job id: it does not change what a job
+    computes."""
 
 
 class Provenance(Strict):

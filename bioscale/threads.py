@@ -18,8 +18,9 @@ Identical numbers across thread counts, where torch allows it: ``import bioscale
 ``MKL_CBWR=AUTO,STRICT`` (unless it is already set; MKL reads it at its first call), which makes MKL's matrix
 products give the same bits whatever the thread count (without it a 32 x 784 by 784 x 256 product already
 differs in the last bits between 1 and 2 threads), at no measurable cost; torch's elementwise ops and
-reductions (sum, mean, also over 10^6 elements) gave the same bits at 1 and 2 threads in our checks. So fc and
-lc jobs give identical metrics at any thread count (tests/test_threads.py). Not guaranteed, and not the same
+reductions (sum, mean, also over 10^6 elements) gave the same bits at 1 and 2 threads in our checks. So fc
+jobs give identical metrics at 1 and 2 threads (tests/test_threads.py; lc gave identical gradients in a check
+by hand). Not guaranteed, and not the same
 in practice: oneDNN's convolution backward (the weight and bias gradients of ``conv``, ``resnet*``,
 ``alexnet`` are sums over the batch and positions, split across threads), so conv jobs on the CPU differ in
 the last bits between thread counts from the first step and drift apart over epochs; a conv job resumed under

@@ -44,6 +44,7 @@ def test_logging_is_not_part_of_any_job_id(tiny_grid: dict) -> None:
     plain = runner.expand_grid(GridSpec.model_validate(tiny_grid))[1]
     logged = runner.expand_grid(GridSpec.model_validate({**tiny_grid, "logging": list(SINKS)}))[1]
     assert [j.job_id for j in plain] == [j.job_id for j in logged]
+    assert GridSpec.model_validate({**tiny_grid, "logging": "wandb"}).logging == ["wandb"]
     assert all(j.logging == tuple(SINKS) for j in logged) and all(j.logging == () for j in plain)
 
 
