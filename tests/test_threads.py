@@ -101,3 +101,14 @@ def test_results_from_before_threads_were_recorded_still_load() -> None:
     old = {"job_id": "abc", "grid": "g", "status": "done", "provenance": {
         "bioscale_version": "0.1.0", "python_version": "3.11", "hostname": "h", "started_at": "2026-01-01"}}
     assert JobResult.model_validate(old).provenance.threads is None
+
+
+def test_a_pool_worker_chooses_by_size_within_its_share(tmp_path: Path, tiny_grid: dict) -> None:
+    """A local worker's share is all the CPUs (one worker); the tiny job takes 1 thread of it, and says so."""
+    if threads.cpus_available() < 2:
+        pytest.skip("needs 2 CPUs to tell a share from a choice")
+    job = Job("tiny", resolve({**tiny_grid["base"], "train": {"epochs": 1, "batch_size": 64}}), "bp fc synthetic s0")
+    (result,) = LocalExecutor(workers=1).run([job], Store(tmp_path))
+    assert result.status == "done" and result.provenance is not None and result.provenance.threads == 1
+    (fixed,) = LocalExecutor(workers=1, threads=2).run([job], Store(tmp_path / "fixed"))
+    assert fixed.provenance is not None and fixed.provenance.threads == 2
