@@ -7,9 +7,14 @@ imported on first use, so ``import bioscale`` stays cheap and never imports torc
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# MKL's matrix products give the same bits whatever the thread count (see bioscale.threads); read by MKL at its
+# first call, so before torch computes anything, and inherited by the worker processes.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 _LAZY = {"run_grid": "bioscale.runner", "load_results": "bioscale.runner", "RunSummary": "bioscale.runner"}
 

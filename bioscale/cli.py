@@ -134,6 +134,9 @@ def run(
         "--nproc-per-node", min=1, metavar="N",
         help="Run each job as N processes (one per GPU; gloo processes on the CPU) with torch.distributed, "
              "launched by torchrun: the same as --set train.distributed.nproc_per_node=N.")] = None,
+    log: Annotated[list[str] | None, typer.Option(
+        "--log", metavar="NAME", help="Also log every job to tensorboard or wandb (repeatable; adds to the "
+        "grid's `logging:`; `none`: no logging this run).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
     lease_timeout: Annotated[float, typer.Option(
         help="Seconds without a heartbeat after which another `bioscale run` (e.g. on another host sharing "
@@ -166,6 +169,7 @@ def run(
     With --executor slurm the jobs go to Slurm as job arrays (one task per job) and the command returns once
     they are submitted (--wait: once they have ended); `bioscale status` follows them."""
     from bioscale.force import would_run
+    from bioscale.logsinks import with_sinks
     from bioscale.preflight import preflight
     from bioscale.progress import Display
     from bioscale.runner import choose_executor, plan, run_plan
@@ -175,6 +179,7 @@ def run(
                     if v is not None}
     sets = [*(set_ or []), *([f"train.distributed.nproc_per_node={nproc_per_node}"] if nproc_per_node else [])]
     planned = plan(grid_file, results, _with_sets(sets, slurm_sets), max_jobs=max_jobs, where=where, only=only)
+    planned = with_sinks(planned, log or [])
     choice = _executor_choice(planned.grid, executor, bool(slurm_sets or slurm_params), slurm_params)
     runner = choose_executor(planned.grid, choice, workers, threads, lease_timeout, jobs_per_gpu)
     slurm = _slurm_executor(runner)

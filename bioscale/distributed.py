@@ -410,7 +410,8 @@ def run_job(job: Job, store: Store, on_progress: EventHandler | None = None,
 def job_payload(job: Job) -> dict[str, Any]:
     """What ``bioscale.worker`` reads: the grid, the label and the resolved spec (a job's ``spec.json`` holds
     the same keys, so it can be given to the worker directly)."""
-    return {"grid": job.grid, "label": job.label, "job_id": job.job_id, "spec": job.spec.model_dump(mode="json")}
+    return {"grid": job.grid, "label": job.label, "job_id": job.job_id, "spec": job.spec.model_dump(mode="json"),
+            "logging": list(job.logging)}
 
 
 def torchrun_command(job_file: str | Path, results: str | Path, *, nproc_per_node: int, nnodes: int = 1,

@@ -18,6 +18,7 @@ from abc import ABC, abstractmethod
 from concurrent.futures import FIRST_COMPLETED, wait
 from typing import Any
 
+from bioscale import threads as cpu_threads
 from bioscale.claims import DEFAULT_TIMEOUT_S as DEFAULT_LEASE_TIMEOUT_S
 from bioscale.errors import BioscaleError
 from bioscale.events import Event, EventHandler, JobFinished, JobStarted, ignore
@@ -46,17 +47,13 @@ class InlineExecutor(Executor):
         from bioscale.distributed import run_job  # one process, or torchrun for a DDP job
 
         on_event = on_event or ignore
-        if self.threads:
-            import torch
-
-            torch.set_num_threads(self.threads)
-
         results = []
-        for job in jobs:
-            on_event(JobStarted(job.job_id, job.label, job.spec.train.epochs))
-            result = run_job(job, store, on_event, self.lease_timeout)
-            on_event(_finished(job, result))
-            results.append(result)
+        with cpu_threads.budget(cpu_threads.share(1, self.threads)):  # each job picks its threads within it
+            for job in jobs:
+                on_event(JobStarted(job.job_id, job.label, job.spec.train.epochs))
+                result = run_job(job, store, on_event, self.lease_timeout)
+                on_event(_finished(job, result))
+                results.append(result)
         return results
 
 
@@ -83,17 +80,18 @@ class LocalExecutor(Executor):
 
     def layout(self) -> list[str | None]:
         """One entry per worker slot: the ``CUDA_VISIBLE_DEVICES`` value that pins it, None for a CPU slot.
-        ``workers`` caps the slots; without GPUs it defaults to half the cores."""
+        ``workers`` caps the slots; without GPUs it defaults to half the CPUs this process may use."""
         gpus = visible_gpus()
         if gpus:
             slots: list[str | None] = [g for g in gpus for _ in range(self.jobs_per_gpu)]
             return slots[: self.workers] if self.workers else slots
-        return [None] * (self.workers or max(1, (os.cpu_count() or 1) // 2))
+        return [None] * (self.workers or max(1, cpu_threads.cpus_available() // 2))
 
     def threads_per_job(self, workers: int) -> int:
-        """Fixed by the executor's settings, never by how many jobs are left, so a resumed job computes
-        with the same thread count (and so the same numbers) as an uninterrupted one."""
-        return self.threads or max(1, (os.cpu_count() or 1) // workers)
+        """The most threads a job may use (``bioscale.threads``: a small job uses fewer): ``threads``, else the
+        available CPUs shared among ``workers``. Fixed by the executor's settings, never by how many jobs are
+        left, so a resumed job computes with the same thread count as an uninterrupted one."""
+        return cpu_threads.share(workers, self.threads).limit
 
     def run(self, jobs: list[Job], store: Store, on_event: EventHandler | None = None) -> list[JobResult]:
         from pebble import ProcessExpired, ProcessPool
@@ -102,7 +100,7 @@ class LocalExecutor(Executor):
 
         on_event = on_event or ignore
         layout = self.layout()
-        threads = self.threads_per_job(len(layout))
+        budget = cpu_threads.share(len(layout), self.threads)
         ctx = mp.get_context("spawn")  # CUDA and fork do not mix
         events = ctx.Queue()
         started: set[str] = set()
@@ -135,7 +133,7 @@ class LocalExecutor(Executor):
                     free[:] = [i for i in free if i not in slots]
                     gpus = ",".join(dict.fromkeys(layout[i] for i in slots if layout[i] is not None)) or None
                     future = pools[layout[slots[0]]].schedule(
-                        _run_in_worker, args=(job, str(store.root), threads, self.lease_timeout, gpus))
+                        _run_in_worker, args=(job, str(store.root), budget, self.lease_timeout, gpus))
                     running[future] = (job, slots)
                 done, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
                 _drain(events, emit)  # a finished job's events are all queued before its result arrives
@@ -286,13 +284,12 @@ def _watch_parent(parent: int) -> None:
             return
 
 
-def _run_in_worker(job: Job, root: str, threads: int, lease_timeout: float, gpus: str | None) -> JobResult:
+def _run_in_worker(job: Job, root: str, budget: cpu_threads.Budget, lease_timeout: float,
+                   gpus: str | None) -> JobResult:
     global _IN_JOB
-    import torch
-
     from bioscale.distributed import run_job  # one process, or torchrun for a DDP job
 
-    torch.set_num_threads(threads)
+    cpu_threads.set_budget(budget)
     if gpus is not None:  # the GPUs this job's ranks may use (torchrun inherits it), whole GPUs for DDP
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus
     put = _EVENTS.put if _EVENTS is not None else None
@@ -347,8 +344,8 @@ def executor_problem(spec: ExecutorSpec) -> str | None:
 
 
 def make_executor(spec: ExecutorSpec | None, lease_timeout: float = DEFAULT_LEASE_TIMEOUT_S) -> Executor:
-    """``threads`` (both) is torch's CPU threads per job; ``workers`` (local) caps the processes and
-    ``jobs_per_gpu`` (local) packs several jobs onto each GPU."""
+    """``threads`` (both) is torch's CPU threads per job (default: chosen per job, ``bioscale.threads``);
+    ``workers`` (local) caps the processes and ``jobs_per_gpu`` (local) packs several jobs onto each GPU."""
     spec = spec or ExecutorSpec(name="inline")
     problem = executor_problem(spec)
     if problem:

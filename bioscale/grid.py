@@ -80,7 +80,8 @@ def expand(grid: GridSpec, sets: dict[str, Any] | None = None, source: str = "<g
             _set_path(raw, key, copy.deepcopy(value), source)
         label = ", ".join(f"{k}={v}" for k, v in combo.items()) or "the base job"
         spec = resolve(raw, f"{source} ({label})")
-        job = Job(grid.name, spec, job_label(spec, combo), job_resources(grid, resources, f"{source} ({label})"))
+        job = Job(grid.name, spec, job_label(spec, combo), job_resources(grid, resources, f"{source} ({label})"),
+                  logging=tuple(grid.logging))
         if job.job_id in seen:  # an axis that does not change the resolved job (e.g. a default value)
             continue
         seen[job.job_id] = label

@@ -17,6 +17,8 @@ class Job:
     """A short readable name for progress and messages (``job_label``: "dtp/alt lc mnist s0")."""
     resources: Resources | None = None
     """What its scheduler task asks for (the grid's ``resources:`` with this job's overrides); not in its id."""
+    logging: tuple[str, ...] = ()
+    """Sinks that mirror its epochs (the grid's ``logging:``, ``bioscale.logsinks``); not in its id."""
 
     @property
     def job_id(self) -> str:

@@ -48,8 +48,8 @@ class PreflightError(BioscaleError):
 def preflight(planned: Plan, *, devices: bool = True) -> None:
     """Raise ``PreflightError`` if a job of ``planned`` still to run cannot start here: its dataset is not
     found (and may not be downloaded), its ``train.device`` is not on this machine (``devices=False`` skips
-    that, for an executor that runs jobs elsewhere), or the results folder cannot be written. Writes nothing
-    that stays, and starts nothing."""
+    that, for an executor that runs jobs elsewhere), a log sink's package is not installed, or the results
+    folder cannot be written. Writes nothing that stays, and starts nothing."""
     problems = find_problems(planned.todo, planned.results_dir, all_jobs=planned.jobs, devices=devices)
     if problems:
         raise PreflightError(describe(problems, len(planned.jobs)), problems)
@@ -60,7 +60,8 @@ def find_problems(todo: Sequence[Job], results_dir: Path, *, all_jobs: Sequence[
     """Every problem, each once with the jobs it affects (a results folder problem affects ``all_jobs``:
     the run records every job's spec, finished or not)."""
     found: dict[str, list[Job]] = {}
-    checks: list[Iterable[tuple[str, list[Job]]]] = [_dataset_problems(todo), _node_problems(todo)]
+    checks: list[Iterable[tuple[str, list[Job]]]] = [_dataset_problems(todo), _node_problems(todo),
+                                                     _logging_problems(todo)]
     if devices:
         checks.append(_device_problems(todo))
     for check in checks:
@@ -113,6 +114,21 @@ def _node_problems(jobs: Sequence[Job]) -> Iterable[tuple[str, list[Job]]]:
     if several:
         yield ("train.distributed.nnodes > 1 (one job over several nodes) is not supported yet: each job runs "
                "on one node, with train.distributed.nproc_per_node processes (one per GPU). Set nnodes to 1."), several
+
+
+def _logging_problems(jobs: Sequence[Job]) -> Iterable[tuple[str, list[Job]]]:
+    """A log sink (``logging:``, ``--log``) whose package is not installed: found before any job runs rather
+    than as a note in every job's result."""
+    from bioscale.logsinks import missing_package
+
+    groups: dict[str, list[Job]] = {}
+    for job in jobs:
+        for name in job.logging:
+            groups.setdefault(name, []).append(job)
+    for name, group in groups.items():
+        message = missing_package(name)
+        if message:
+            yield message, group
 
 
 def _device_problems(jobs: Sequence[Job]) -> Iterable[tuple[str, list[Job]]]:

@@ -23,6 +23,7 @@ from typing import Any
 from submitit.helpers import Checkpointable
 
 from bioscale import claims
+from bioscale import threads as cpu_threads
 from bioscale.interrupts import Interrupted
 from bioscale.job import Job
 from bioscale.spec import JobResult
@@ -37,36 +38,30 @@ class JobTask(Checkpointable):
 
     def __call__(self, job: Job, root: str, lease_timeout: float, threads: int | None = None,
                  plugins: tuple[str, ...] = ()) -> JobResult:
+        budget = contextlib.ExitStack()
         try:
-            import torch
-
             from bioscale.catalog import load_plugins
 
             run_job = _job_runner()
             if plugins:
                 load_plugins(list(plugins))
-            threads = threads or _slurm_cpus()
-            previous_threads = torch.get_num_threads()
-            if threads:
-                torch.set_num_threads(threads)  # fixed per job: a requeued run computes the same numbers
+            # the task's CPUs bound the job's threads, chosen per job (bioscale.threads): a requeued run
+            # computes with the same number
+            budget.enter_context(cpu_threads.budget(cpu_threads.share(1, cpus_per_task=threads or _slurm_cpus())))
         except Exception as exc:  # nothing ran: say why in the job's result rather than in submitit's pickle
             return _record(job, root, lease_timeout, "failed", f"the task could not start: {type(exc).__name__}: "
                            f"{exc}")
-        try:
-            with _stop_signals() as requeue:
-                try:
-                    return run_job(job, Store(root), None, lease_timeout)
-                except Interrupted as exc:  # the job is recorded as pending and its lease released
-                    if requeue is None:  # in-process (debug): the caller's own interrupt, let it through
-                        raise
-                    if exc.signum == requeue.signum:
-                        _requeue(job, root, lease_timeout, requeue)  # exits (or raises if not requeued)
-                    raise SystemExit(exc.exit_code) from None  # SIGINT: stop, resumable, no traceback
-                except Exception as exc:  # not the job's own failure (run_job records those): e.g. a locked store
-                    return _record(job, root, lease_timeout, "failed", f"{type(exc).__name__}: {exc}")
-        finally:
-            if threads:
-                torch.set_num_threads(previous_threads)
+        with budget, _stop_signals() as requeue:
+            try:
+                return run_job(job, Store(root), None, lease_timeout)
+            except Interrupted as exc:  # the job is recorded as pending and its lease released
+                if requeue is None:  # in-process (debug): the caller's own interrupt, let it through
+                    raise
+                if exc.signum == requeue.signum:
+                    _requeue(job, root, lease_timeout, requeue)  # exits (or raises if not requeued)
+                raise SystemExit(exc.exit_code) from None  # SIGINT: stop, resumable, no traceback
+            except Exception as exc:  # not the job's own failure (run_job records those): e.g. a locked store
+                return _record(job, root, lease_timeout, "failed", f"{type(exc).__name__}: {exc}")
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         """The same call again: every finished epoch is in the store, so the requeued task resumes from it."""

@@ -285,6 +285,12 @@ class Scheduler(Strict):
     """How often Slurm requeued it (preemption, time limit): ``SLURM_RESTART_COUNT``."""
 
 
+def _check_sinks(names: list[str]) -> list[str]:
+    from bioscale.logsinks import check_names  # torch-free
+
+    return check_names(names)
+
+
 class GridSpec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
     """A folder name under the results directory: letters, digits, ``_.-``, at most 100 characters."""
@@ -298,6 +304,11 @@ class GridSpec(Strict):
     executor: ExecutorSpec | None = None
     resources: Resources | None = None
     """What each scheduler task asks for (``executor: slurm``); per job through ``overrides``."""
+    logging: Annotated[list[str], BeforeValidator(lambda v: [v] if isinstance(v, str) else v),
+                       AfterValidator(_check_sinks)] = Field(default_factory=list)
+    """Where every job's epochs are mirrored besides the store (``bioscale.logsinks``): ``tensorboard``,
+    ``wandb`` (a single name is a list of one). Not part of any job id: it does not change what a job
+    computes."""
 
 
 class Provenance(Strict):
@@ -314,6 +325,8 @@ class Provenance(Strict):
     finished_at: str | None = None
     scheduler: Scheduler | None = None
     """The Slurm (or submitit local/debug) job this run was part of, if any."""
+    threads: int | None = None
+    """torch's CPU threads for this job (``bioscale.threads``); None in results from before it was recorded."""
 
 
 class EpochMetrics(Strict):

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bioscale import claims, distributed
+from bioscale import claims, distributed, threads
 from bioscale.checkpoint import CheckpointError, UnsafeCheckpoint, load_checkpoint
 from bioscale.data import LoaderSettings, load_data
 from bioscale.data.base import DataBundle
@@ -32,6 +32,7 @@ from bioscale.data.loaders import first_batch
 from bioscale.events import JobProgress
 from bioscale.interrupts import Interrupted
 from bioscale.job import Job, unwritable_result
+from bioscale.logsinks import JobLog
 from bioscale.models import build_model
 from bioscale.provenance import collect, now
 from bioscale.rules import Rule, build_rule
@@ -167,6 +168,7 @@ def _run_claimed(job: Job, jdir: JobDir, claim: claims.Claim, on_progress: Progr
         result = trainer.partial_result("diverged")
         result.error = str(exc)
     except LeaseLost:
+        trainer.log.close()
         return JobResult(job_id=job.job_id, grid=job.grid, status="running",
                          error="another process took this job over; this one stopped without writing")
     except Interrupted as exc:  # resumable, not failed: the finished epochs are on disk
@@ -184,6 +186,10 @@ def _run_claimed(job: Job, jdir: JobDir, claim: claims.Claim, on_progress: Progr
         result.error = f"{type(exc).__name__}: {exc}\n{tb}"
     if trainer.restart_note:
         result.error = f"{result.error}\n{trainer.restart_note}" if result.error else trainer.restart_note
+    log_note = trainer.log.close(result)  # TensorBoard, W&B (bioscale.logsinks): a failing sink is a note
+    if log_note:
+        result.error = f"{result.error}\n{log_note}" if result.error else log_note
+    provenance.threads = trainer.threads
     result.rule_setup = trainer.rule_setup
     provenance.device = str(trainer.device) if trainer.device is not None else None
     if group is not None and provenance.device is not None:
@@ -220,6 +226,10 @@ class Trainer:
         self.started = time.perf_counter()
         self.restart_note: str | None = None
         self.rule_setup: str | None = None
+        self.log = JobLog()
+        """The job's log sinks (``bioscale.logsinks``), opened by the writing process once it knows the epoch."""
+        self.threads: int | None = None
+        """torch's CPU threads for this job (``bioscale.threads``)."""
 
     def wall_time(self) -> float:
         """Seconds spent on this job, over every run that resumed it."""
@@ -258,7 +268,10 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------------------------
     def fit(self) -> JobResult:
         data, model, rule = self.build()
+        self.threads = threads.for_job(self.spec, data.info, self.device)
         start = self.restore(model, rule)
+        if self.writes:
+            self.log = JobLog.open(self.job, self.jdir.path, start, self.metrics)
         train = self.spec.train
         group = self.group
         for epoch in range(start, train.epochs):
@@ -296,6 +309,7 @@ class Trainer:
                 raise LeaseLost(f"lease on {self.jdir.path} lost in epoch {epoch + 1}")
             if self.writes:
                 self.jdir.write_metrics(self.metrics)
+                self.log.epoch(self.metrics[-1])  # before the checkpoint: a resume purges and relogs this epoch
                 if train.checkpoint:
                     self.save(model, rule, epoch + 1)
             self.report(epoch + 1, len(data.train), len(data.train), train_loss, test_error)

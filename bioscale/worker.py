@@ -2,7 +2,7 @@
 JOB_JSON RESULTS_ROOT``.
 
 ``bioscale.distributed.launch`` starts it (through torchrun) for the inline and local executors; a Slurm
-task starts torchrun with it on each node. JOB_JSON holds ``grid``, ``spec`` and optionally ``label`` (a
+task starts torchrun with it on each node. JOB_JSON holds ``grid``, ``spec`` and optionally ``label`` and ``logging`` (a
 job's ``spec.json`` will do). Every rank joins the process group torchrun describes and calls
 ``bioscale.train.run_job``: rank 0 claims the job and writes the results under RESULTS_ROOT; the others
 train alongside it. A stop signal (SIGINT/SIGTERM, which torchrun forwards) leaves the job resumable; so
@@ -45,7 +45,8 @@ def read_job(path: Path):  # -> bioscale.job.Job
 
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        return Job(str(data["grid"]), JobSpec.model_validate(data["spec"]), str(data.get("label") or path.stem))
+        return Job(str(data["grid"]), JobSpec.model_validate(data["spec"]), str(data.get("label") or path.stem),
+                   logging=tuple(str(name) for name in data.get("logging") or ()))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise BioscaleError(f"cannot read the job from {path}: {type(exc).__name__}: {exc}") from exc
 
