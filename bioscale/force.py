@@ -15,13 +15,14 @@ from dataclasses import dataclass
 
 from bioscale import claims
 from bioscale.job import Job
+from bioscale.logsinks import SINKS
 from bioscale.runner import Plan
 from bioscale.store import CHECKPOINT, METRICS, RERUN, RESULT, JobDir, atomic_write_text
 
 FINISHED = ("done", "failed", "diverged")
 """What ``--force`` reruns; pending jobs run anyway, running ones belong to another process."""
-FORCE_ASIDE = (RESULT, METRICS, CHECKPOINT, RERUN)
-"""The files of one run of a job: set aside together. (Per-job logs a run adds go here too.)"""
+FORCE_ASIDE = (RESULT, METRICS, CHECKPOINT, RERUN, *(sink.folder for sink in SINKS.values()))
+"""The files of one run of a job, with its log sinks' folders: set aside together."""
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,10 @@ def test_finished_jobs_are_set_aside_never_deleted(store_and_grid: tuple) -> Non
     before = {i: {n: (store.job_dir("tiny", i).path / n).read_bytes() for n in (RESULT, METRICS, CHECKPOINT)}
               for i, s in statuses.items() if s != "pending"}
     assert len(planned.todo) == 2  # failed and pending: what a plain run would run
+    for job_id in before:  # what the log sinks wrote for the earlier run goes aside with it
+        events = store.job_dir("tiny", job_id).path / "tensorboard" / "events.out.tfevents.1"
+        events.parent.mkdir()
+        events.write_bytes(b"earlier run")
 
     outcome = force_finished(planned)
     assert {j.job_id for j in outcome.forced} == set(before) and not outcome.running
@@ -57,6 +61,8 @@ def test_finished_jobs_are_set_aside_never_deleted(store_and_grid: tuple) -> Non
         for name, content in files.items():
             assert not (path / name).exists()
             assert (path / f"{name}.aside-1").read_bytes() == content  # kept, byte for byte
+        assert (path / "tensorboard.aside-1" / "events.out.tfevents.1").read_bytes() == b"earlier run"
+        assert not (path / "tensorboard").exists()
         assert "bioscale run --force" in (path / "README.aside-1").read_text()
         note = (path / RERUN).read_text()
         assert f"the earlier run ({statuses[job_id]}," in note and "result.json.aside-1" in note

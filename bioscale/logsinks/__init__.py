@@ -39,13 +39,15 @@ class SinkInfo:
     package: str
     extra: str
     summary: str
+    folder: str
+    """What it writes in the job's folder (``bioscale run --force`` sets it aside with the run's other files)."""
 
 
 SINKS: dict[str, SinkInfo] = {
     "tensorboard": SinkInfo("bioscale.logsinks.tensorboard", "tensorboard", "tensorboard",
-                            "event files in <job>/tensorboard/ (torch.utils.tensorboard)"),
+                            "event files in <job>/tensorboard/ (torch.utils.tensorboard)", "tensorboard"),
     "wandb": SinkInfo("bioscale.logsinks.wandb", "wandb", "wandb",
-                      "a Weights & Biases run in <job>/wandb/ (offline unless an API key is configured)"),
+                      "a Weights & Biases run in <job>/wandb/ (offline unless an API key is configured)", "wandb"),
 }
 """Every sink by name."""
 

@@ -18,12 +18,12 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from bioscale.logsinks import SinkContext, hparams, scalars
+from bioscale.logsinks import SINKS, SinkContext, hparams, scalars
 
 if TYPE_CHECKING:
     from bioscale.spec import EpochMetrics, JobResult
 
-FOLDER = "tensorboard"
+FOLDER = SINKS["tensorboard"].folder
 METRICS = ("test/error", "test/best_error", "train/error")
 """The HParams dashboard's metrics: scalar tags, shown at their last value."""
 
