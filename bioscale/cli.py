@@ -363,9 +363,17 @@ def report(
 @grid_app.command("validate")
 def grid_validate(grid_file: Annotated[Path, typer.Argument(metavar="GRID")], set_: SetOpt = None,
                   max_jobs: MaxJobsOpt = None) -> None:
-    """Check GRID: keys, types, names and rule x arch pairs. Nothing runs."""
-    jobs = _expand(grid_file, set_, max_jobs)
-    out.print(f"{grid_file}: valid, {len(jobs)} jobs.", markup=False, highlight=False)
+    """Check GRID: keys, types, names and rule x arch pairs, and a search's ranges. Nothing runs."""
+    from bioscale.runner import expand_grid
+
+    spec, jobs = expand_grid(grid_file, set_ or [], max_jobs=max_jobs)
+    how = ""
+    if spec.search is not None:
+        cells = len({job.label.rsplit(" cfg=", 1)[0] for job in jobs})
+        halving = f"; successive halving at epochs {spec.promote.rungs}" if spec.promote else ""
+        how = (f" ({cells} combinations of the axes x {spec.search.n} search configurations, seed "
+               f"{spec.search.seed}{halving})")
+    out.print(f"{grid_file}: valid, {len(jobs)} jobs{how}.", markup=False, highlight=False)
 
 
 @grid_app.command("expand")

@@ -217,3 +217,9 @@ def _value_problem(path: str, value: Any, annotations: list[Any]) -> str | None:
         except Exception:  # an annotation pydantic cannot build an adapter for: cannot check, allow
             return None
     return f"{path}: {short(value)} is not a value this key can have ({first}), so it would never match."
+
+
+def key_problem(grid: GridSpec, sets: dict[str, Any], key: str, value: Any) -> str | None:
+    """Why ``key`` is not a key of any job of ``grid`` (or ``value`` not one it can take), or None: the check of
+    ``exclude``/``where`` keys, for other grid blocks (``search:``)."""
+    return _path_problem(key, value, _grid_components(grid, sets))
