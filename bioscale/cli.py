@@ -54,6 +54,17 @@ class Layout(str, Enum):
     paper = "paper"
 
 
+class Select(str, Enum):
+    best = "best"
+
+
+class SelectBy(str, Enum):
+    """Validation metrics only: a selection never looks at the test set."""
+
+    val_error = "val_error"
+    val_loss = "val_loss"
+
+
 class Listing(str, Enum):
     rules = "rules"
     archs = "archs"
@@ -171,7 +182,7 @@ def run(
     err.print(f"[bold]{escape(planned.grid.name)}[/]: {len(planned.jobs)} jobs, {planned.skipped - running} "
               f"already finished{elsewhere}, {len(planned.todo)} to run -> {escape(str(planned.results_dir))}")
     show = bool(planned.todo) and not quiet and (slurm is None or slurm.waits)
-    with Display(len(planned.todo), console=err, enabled=show) as display:
+    with Display(planned.runs or len(planned.todo), console=err, enabled=show) as display:
         summary = run_plan(planned, runner, on_event=display)
     if slurm is not None:
         _slurm_summary(slurm, summary, planned, grid_file, results)
@@ -179,6 +190,8 @@ def run(
     if not summary.results:
         return
     names = {"running": "running elsewhere (left alone)"}
+    if planned.grid.promote is not None:
+        names["pending"] = "paused at a rung (not promoted, or waiting for their rung's other jobs)"
     err.print("finished: " + ", ".join(f"{n} {names.get(s, s)}" for s, n in summary.counts.items()) +
               f". See `bioscale report --results {escape(str(results))} --grid {escape(summary.grid)}`.",
               highlight=False)

@@ -81,6 +81,10 @@ def expand(grid: GridSpec, sets: dict[str, Any] | None = None, source: str = "<g
                 continue
             seen.add(job.job_id)
             jobs.append(job)
+    if grid.promote is not None:
+        from bioscale.promote import check_jobs
+
+        check_jobs(grid, jobs, source)
     return jobs
 
 

@@ -112,6 +112,7 @@ def test_table4_grid_is_the_printed_space() -> None:
         s = job.spec
         assert 1e-5 <= s.optim.lr <= 3e-4 and s.optim.betas in ((0.9, 0.99), (0.9, 0.999))
         assert s.optim.eps in (1e-4, 1e-6, 1e-8)
+        assert s.dataset.params["validation"] == {"mnist": 10000, "cifar10": 5000}[s.dataset.name]
         params = s.rule.params
         if s.rule.name in ("dtp", "sdtp", "aosdtp"):
             inv = s.inverse_optim
