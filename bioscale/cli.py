@@ -341,6 +341,14 @@ def report(
     caption: Annotated[str | None, typer.Option(
         help="LaTeX caption (used as given; default: what the cells mean and the papers' sources).")] = None,
     label: Annotated[str | None, typer.Option(help="LaTeX label (default: tab:GRID).")] = None,
+    select: Annotated[Select | None, typer.Option(
+        "--select", help="best: one row per cell (rule x arch x dataset) with the configuration a search selects, "
+                         "its validation and test errors, the configurations tried and their spread, and the "
+                         "selected hyperparameters next to Bartunov et al.'s Table 5; --plots adds test error "
+                         "against each searched hyperparameter.")] = None,
+    by: Annotated[SelectBy, typer.Option(
+        "--by", help="What --select ranks by: a validation metric (dataset.params.validation); never the test "
+                     "set.")] = SelectBy.val_error,
 ) -> None:
     """Tables of results next to the papers' numbers, and optionally figures.
 
@@ -354,8 +362,22 @@ def report(
                             "wrote (its default is ./results), e.g. `bioscale report --results results`.")
     frame = load_results(results, grid)
     width = out.width if output is None and sys.stdout.isatty() else None  # a terminal: wrap, never overflow
-    text = render(frame, format_.value, layout.value, include_running=include_running, columns=columns,
-                  caption=caption, label=label, width=width)
+    if select is not None:
+        from bioscale.report.select import render_selection, select_best
+        from bioscale.report.sensitivity import sensitivity_plots
+        from bioscale.store import Store
+
+        if columns or include_running:
+            raise BioscaleError("--columns and --include-running do not apply to --select (it shows finished "
+                                "configurations, one row per cell); leave them out.")
+        chosen = select_best(Store(results), grid, by.value)
+        text = render_selection(chosen, format_.value, layout.value, caption=caption, label=label, width=width)
+        for path in sensitivity_plots(chosen.configs, chosen.keys, plots) if plots is not None else []:
+            err.print(f"wrote {escape(str(path))}", highlight=False)
+        plots = None
+    else:
+        text = render(frame, format_.value, layout.value, include_running=include_running, columns=columns,
+                      caption=caption, label=label, width=width)
     if plots is not None:
         from bioscale.report.frame import load_curves
         from bioscale.report.plots import write_plots
