@@ -248,6 +248,19 @@ def advance(grid: GridSpec, jobs: list[Job], store: Store, *, write: bool = True
             return to_run(groups, states), groups
 
 
+def total_epochs(promote: PromoteSpec | None, n: int, epochs: int) -> int:
+    """Epochs a group of ``n`` configurations of budget ``epochs`` trains in all (without ``promote``: n x
+    epochs); what a search costs, before the time of an epoch."""
+    if promote is None:
+        return n * epochs
+    total, done = 0, 0
+    for rung in targets(promote, epochs):
+        total += n * (rung - done)
+        done = rung
+        n = promote.survivors(n)
+    return total
+
+
 def expected_runs(promote: PromoteSpec, groups: list[Group], todo: list[Job]) -> int:
     """``todo`` plus, per group, the survivors of each rung still to decide (for a progress total)."""
     total = len(todo)

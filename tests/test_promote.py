@@ -168,3 +168,26 @@ def test_run_grid_halves_to_one_and_a_rerun_does_nothing(tmp_path: Path, tiny_gr
         assert entry["candidates"][0]["value"] == min(c["value"] for c in entry["candidates"])
     assert plan(path, results).todo == []
     assert run_grid(path, results, preflight=False).results == []
+
+
+def test_the_rung_stop_travels_to_torchrun_workers(tmp_path: Path, tiny_grid: dict) -> None:
+    """A distributed job's ranks read the job from a JSON file: the stop must survive it."""
+    from bioscale.distributed import job_payload
+    from bioscale.worker import read_job
+
+    job = dataclasses.replace(expand(load_grid(_grid(tmp_path, tiny_grid)))[0], stop_after=2)
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(job_payload(job)))
+    back = read_job(path)
+    assert back.stop_after == 2 and back.job_id == job.job_id
+    path.write_text(json.dumps(job_payload(dataclasses.replace(job, stop_after=None))))
+    assert read_job(path).stop_after is None
+
+
+def test_total_epochs_of_a_search() -> None:
+    from bioscale.spec import PromoteSpec
+
+    assert promote.total_epochs(None, 60, 500) == 30_000
+    assert promote.total_epochs(PromoteSpec(rungs=[10, 50], keep="1/3"), 60, 500) == 60 * 10 + 20 * 40 + 6 * 450
+    assert promote.total_epochs(PromoteSpec(rungs=[10, 100], keep=1), 60, 100) == 60 * 10 + 90  # the ImageNet rule
+    assert promote.total_epochs(PromoteSpec(rungs=[2], keep=0.5), 5, 4) == 5 * 2 + 2 * 2
