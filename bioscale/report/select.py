@@ -148,6 +148,11 @@ def select_best(store: Store, grid: str | None = None, by: str = "val_error") ->
                             **{k: _get(spec, k) for k in keys}, "value": summary[setting]["value"],
                             "test_error": summary[setting]["test_error"], "finished": summary[setting]["finished"],
                             "stopped": summary[setting]["stopped"], "selected": setting == chosen})
+    if configs and all(c["value"] is None for c in configs):
+        raise BioscaleError(f"--select ranks by {by}, but no job{' of grid ' + repr(grid) if grid else ''} recorded "
+                            "it: their datasets have no validation set. Give the grid dataset.params.validation "
+                            "(e.g. 10000 for MNIST, 5000 for CIFAR-10) and run it; bioscale never selects on the "
+                            "test set.")
     columns = CELL_COLUMNS + [c for k in keys_all for c in (k, f"{k} (paper)")]
     job_frame = pd.DataFrame(jobs, columns=list(frame.columns)) if jobs else frame.iloc[0:0]
     return Selection(pd.DataFrame(cells, columns=columns), job_frame, pd.DataFrame(configs), keys_all)

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from bioscale.errors import BioscaleError
 from bioscale.grid import expand, load_grid
 from bioscale.job import Job
 from bioscale.promote import DECISIONS
@@ -180,3 +181,8 @@ def test_end_to_end_search_on_mnist5k_through_the_cli(tmp_path: Path) -> None:
     assert (tmp_path / "plots" / "sensitivity-optim.lr.png").is_file()
     refused = _cli("report", "--results", str(results), "--select", "best", "--by", "test_error")
     assert refused.returncode == 2 and "Traceback" not in refused.stderr and "val_error" in refused.stderr
+
+
+def test_a_store_without_validation_metrics_is_refused_with_what_to_do(fixed_store: Store) -> None:
+    with pytest.raises(BioscaleError, match=r"no validation set. Give the grid dataset.params.validation"):
+        select_best(fixed_store)
