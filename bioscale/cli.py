@@ -179,8 +179,9 @@ def run(
         err.print(f"... and {len(damaged) - 10} more damaged jobs (`bioscale report` names them all).")
     running = planned.running_elsewhere
     elsewhere = f", {running} running elsewhere" if running else ""
+    finished = "already finished" + (" or stopped at a rung" if planned.grid.promote is not None else "")
     err.print(f"[bold]{escape(planned.grid.name)}[/]: {len(planned.jobs)} jobs, {planned.skipped - running} "
-              f"already finished{elsewhere}, {len(planned.todo)} to run -> {escape(str(planned.results_dir))}")
+              f"{finished}{elsewhere}, {len(planned.todo)} to run -> {escape(str(planned.results_dir))}")
     show = bool(planned.todo) and not quiet and (slurm is None or slurm.waits)
     with Display(planned.runs or len(planned.todo), console=err, enabled=show) as display:
         summary = run_plan(planned, runner, on_event=display)

@@ -161,7 +161,7 @@ def test_end_to_end_search_on_mnist5k_through_the_cli(tmp_path: Path) -> None:
     results = tmp_path / "results"
     run = _cli("run", str(grid), "--results", str(results), "-q")
     assert run.returncode == 0, run.stderr
-    assert "6 jobs, 0 already finished, 6 to run" in run.stderr
+    assert "6 jobs, 0 already finished or stopped at a rung, 6 to run" in run.stderr
     assert "2 done, 4 paused at a rung" in run.stderr
     report = _cli("report", "--results", str(results), "--select", "best", "--by", "val_error", "--format", "json")
     assert report.returncode == 0, report.stderr
