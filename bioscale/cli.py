@@ -69,6 +69,17 @@ class Layout(str, Enum):
     paper = "paper"
 
 
+class Select(str, Enum):
+    best = "best"
+
+
+class SelectBy(str, Enum):
+    """Validation metrics only: a selection never looks at the test set."""
+
+    val_error = "val_error"
+    val_loss = "val_loss"
+
+
 class Listing(str, Enum):
     rules = "rules"
     archs = "archs"
@@ -199,15 +210,16 @@ def run(
     running = planned.running_elsewhere
     elsewhere = f", {running} running elsewhere" if running else ""
     chosen = " selected" if where or only else ""
+    finished = "already finished" + (" or stopped at a rung" if planned.grid.promote is not None else "")
     err.print(f"[bold]{escape(planned.grid.name)}[/]: {len(planned.jobs)} jobs{chosen}, {planned.skipped - running} "
-              f"already finished{elsewhere}, {len(planned.todo)} to run -> {escape(str(planned.results_dir))}")
+              f"{finished}{elsewhere}, {len(planned.todo)} to run -> {escape(str(planned.results_dir))}")
     if not planned.todo:
         err.print(_nothing_to_run(planned), markup=False, highlight=False, soft_wrap=True)
     elif _shipped_has(planned.grid.name) and planned.results_dir.resolve() != _shipped_dir(planned.grid.name):
         err.print(f"(bioscale ships results of grid {planned.grid.name} in {_shipped_dir(planned.grid.name, False)}: "
                   "`bioscale report --results results`.)", markup=False, highlight=False, soft_wrap=True)
     show = bool(planned.todo) and not quiet and (slurm is None or slurm.waits)
-    with Display(len(planned.todo), console=err, enabled=show) as display:
+    with Display(planned.runs or len(planned.todo), console=err, enabled=show) as display:
         summary = run_plan(planned, runner, on_event=display)
     if slurm is not None:
         _slurm_summary(slurm, summary, planned, grid_file, results)
@@ -215,6 +227,8 @@ def run(
     if not summary.results:
         return
     names = {"running": "running elsewhere (left alone)"}
+    if planned.grid.promote is not None:
+        names["pending"] = "paused at a rung (not promoted, or waiting for their rung's other jobs)"
     err.print("finished: " + ", ".join(f"{n} {names.get(s, s)}" for s, n in summary.counts.items()) +
               f". See `bioscale report --results {escape(str(results))} --grid {escape(summary.grid)}`.",
               highlight=False)
@@ -454,6 +468,14 @@ def report(
     caption: Annotated[str | None, typer.Option(
         help="LaTeX caption (used as given; default: what the cells mean and the papers' sources).")] = None,
     label: Annotated[str | None, typer.Option(help="LaTeX label (default: tab:GRID).")] = None,
+    select: Annotated[Select | None, typer.Option(
+        "--select", help="best: one row per cell (rule x arch x dataset) with the configuration a search selects, "
+                         "its validation and test errors, the configurations tried and their spread, and the "
+                         "selected hyperparameters next to Bartunov et al.'s Table 5; --plots adds test error "
+                         "against each searched hyperparameter.")] = None,
+    by: Annotated[SelectBy, typer.Option(
+        "--by", help="What --select ranks by: a validation metric (dataset.params.validation); never the test "
+                     "set.")] = SelectBy.val_error,
 ) -> None:
     """Tables of results next to the papers' numbers, and optionally figures.
 
@@ -470,8 +492,22 @@ def report(
                             f"wrote (its default is ./{DEFAULT_RESULTS}), e.g. `bioscale report --results runs`.")
     frame = _select_frame(load_results(results, grid), Store(results), grid, where, only)
     width = out.width if output is None and sys.stdout.isatty() else None  # a terminal: wrap, never overflow
-    text = render(frame, format_.value, layout.value, include_running=include_running, columns=columns,
-                  caption=caption, label=label, width=width)
+    if select is not None:
+        from bioscale.report.select import render_selection, select_best
+        from bioscale.report.sensitivity import sensitivity_plots
+        from bioscale.store import Store
+
+        if columns or include_running:
+            raise BioscaleError("--columns and --include-running do not apply to --select (it shows finished "
+                                "configurations, one row per cell); leave them out.")
+        chosen = select_best(Store(results), grid, by.value)
+        text = render_selection(chosen, format_.value, layout.value, caption=caption, label=label, width=width)
+        for path in sensitivity_plots(chosen.configs, chosen.keys, plots) if plots is not None else []:
+            err.print(f"wrote {escape(str(path))}", highlight=False)
+        plots = None
+    else:
+        text = render(frame, format_.value, layout.value, include_running=include_running, columns=columns,
+                      caption=caption, label=label, width=width)
     if plots is not None:
         from bioscale.report.frame import load_curves
         from bioscale.report.plots import write_plots
@@ -591,9 +627,17 @@ def _elsewhere() -> str:
 @grid_app.command("validate")
 def grid_validate(grid_file: Annotated[Path, typer.Argument(metavar="GRID")], set_: SetOpt = None,
                   max_jobs: MaxJobsOpt = None) -> None:
-    """Check GRID: keys, types, names and rule x arch pairs. Nothing runs."""
-    jobs = _expand(grid_file, set_, max_jobs)
-    out.print(f"{grid_file}: valid, {len(jobs)} jobs.", markup=False, highlight=False)
+    """Check GRID: keys, types, names and rule x arch pairs, and a search's ranges. Nothing runs."""
+    from bioscale.runner import expand_grid
+
+    spec, jobs = expand_grid(grid_file, set_ or [], max_jobs=max_jobs)
+    how = ""
+    if spec.search is not None:
+        cells = len({job.label.rsplit(" cfg=", 1)[0] for job in jobs})
+        halving = f"; successive halving at epochs {spec.promote.rungs}" if spec.promote else ""
+        how = (f" ({cells} combinations of the axes x {spec.search.n} search configurations, seed "
+               f"{spec.search.seed}{halving})")
+    out.print(f"{grid_file}: valid, {len(jobs)} jobs{how}.", markup=False, highlight=False)
 
 
 @grid_app.command("expand")

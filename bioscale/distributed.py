@@ -389,7 +389,7 @@ def shard_bundle(data: Any, group: Group) -> Any:
 
     fields = {f.name: getattr(data, f.name) for f in dataclasses.fields(data)}
     changes = {k: shard_loader(v, group.rank, group.world) for k, v in fields.items()
-               if k in ("train", "train_eval", "test")}
+               if k in ("train", "train_eval", "test", "validation") and v is not None}
     return dataclasses.replace(data, **changes)
 
 
@@ -411,7 +411,7 @@ def job_payload(job: Job) -> dict[str, Any]:
     """What ``bioscale.worker`` reads: the grid, the label and the resolved spec (a job's ``spec.json`` holds
     the same keys, so it can be given to the worker directly)."""
     return {"grid": job.grid, "label": job.label, "job_id": job.job_id, "spec": job.spec.model_dump(mode="json"),
-            "logging": list(job.logging)}
+            "logging": list(job.logging), "stop_after": job.stop_after}
 
 
 def torchrun_command(job_file: str | Path, results: str | Path, *, nproc_per_node: int, nnodes: int = 1,

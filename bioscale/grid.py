@@ -20,6 +20,7 @@ from bioscale.gridfile import load_grid, load_yaml, parse_set
 from bioscale.gridkeys import COMPONENTS, IGNORED_BY_BACKWARD_RULES, check_match_keys, is_resource_key, job_resources
 from bioscale.job import Job, job_label
 from bioscale.registry import UnknownNameError
+from bioscale.search import check_search, configurations
 from bioscale.spec import GridSpec, JobSpec
 
 __all__ = ["COMPONENTS", "DEFAULT_MAX_JOBS", "combination_count", "expand", "load_grid", "load_yaml", "parse_set",
@@ -40,11 +41,14 @@ def _check_size(grid: GridSpec, max_jobs: int | None, source: str) -> None:
     limit = DEFAULT_MAX_JOBS if max_jobs is None else max_jobs
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise GridError(f"max_jobs (--max-jobs) is a positive integer, not {limit!r}.")
-    count = combination_count(grid.axes)
+    configs = grid.search.n if grid.search is not None else 1
+    count = combination_count(grid.axes) * configs
     if count <= limit:
         return
     blocks = grid.axes if isinstance(grid.axes, list) else [grid.axes]
     sizes = " + ".join(" x ".join(f"{k} ({len(v):,})" for k, v in block.items()) or "1" for block in blocks)
+    if configs > 1:
+        sizes = f"({sizes}) x {configs:,} search configurations"
     raise GridError(f"{source}: the axes make {count:,} combinations ({sizes}), more than the limit of "
                     f"{limit:,} jobs. Shorten the axes or split the grid; if you do mean to run that many, raise "
                     f"the limit with --max-jobs {count} (Python: max_jobs={count}).")
@@ -56,37 +60,53 @@ def expand(grid: GridSpec, sets: dict[str, Any] | None = None, source: str = "<g
     More than ``max_jobs`` combinations (default ``DEFAULT_MAX_JOBS``) is an error, found before any is built."""
     _check_size(grid, max_jobs, source)
     check_match_keys(grid, sets or {}, source)
+    check_search(grid, sets or {}, source)
     base = _normalise(copy.deepcopy(grid.base))
     jobs: list[Job] = []
-    seen: dict[str, str] = {}
+    seen: set[str] = set()
     for combo in _combinations(grid.axes):
-        raw = copy.deepcopy(base)
+        cell = copy.deepcopy(base)
         for key, value in combo.items():
-            _set_path(raw, key, value, source)
-        if any(matches(raw, entry) for entry in grid.exclude):
+            _set_path(cell, key, value, source)
+        if any(matches(cell, entry) for entry in grid.exclude):
             continue
-        resources: list[tuple[str, Any]] = []  # `resources.*` keys: where the job runs, not part of its spec
-        for override in grid.overrides:
-            if matches(raw, override.where):
-                for key, value in override.set.items():
-                    if is_resource_key(key):
-                        resources.append((key, value))
-                        continue
-                    _set_path(raw, key, copy.deepcopy(value), source)
-        for key, value in (sets or {}).items():
-            if is_resource_key(key):
-                resources.append((key, value))
+        drawn = configurations(grid.search, lambda where, c=cell: matches(c, where)) if grid.search else [None]
+        for index, values in enumerate(drawn):
+            raw = copy.deepcopy(cell)
+            for key, value in (values or {}).items():
+                _set_path(raw, key, value, source)
+            axes = combo if values is None else {**combo, "cfg": index}
+            job = _job(grid, raw, axes, sets, source)
+            if job.job_id in seen:  # an axis (or a draw) that does not change the resolved job
                 continue
-            _set_path(raw, key, copy.deepcopy(value), source)
-        label = ", ".join(f"{k}={v}" for k, v in combo.items()) or "the base job"
-        spec = resolve(raw, f"{source} ({label})")
-        job = Job(grid.name, spec, job_label(spec, combo), job_resources(grid, resources, f"{source} ({label})"),
-                  logging=tuple(grid.logging))
-        if job.job_id in seen:  # an axis that does not change the resolved job (e.g. a default value)
-            continue
-        seen[job.job_id] = label
-        jobs.append(job)
+            seen.add(job.job_id)
+            jobs.append(job)
+    if grid.promote is not None:
+        from bioscale.promote import check_jobs
+
+        check_jobs(grid, jobs, source)
     return jobs
+
+
+def _job(grid: GridSpec, raw: dict[str, Any], combo: dict[str, Any], sets: dict[str, Any] | None, source: str) -> Job:
+    """One job: the overrides and ``sets`` applied to ``raw`` (a combination of the axes, with its draws)."""
+    resources: list[tuple[str, Any]] = []  # `resources.*` keys: where the job runs, not part of its spec
+    for override in grid.overrides:
+        if matches(raw, override.where):
+            for key, value in override.set.items():
+                if is_resource_key(key):
+                    resources.append((key, value))
+                    continue
+                _set_path(raw, key, copy.deepcopy(value), source)
+    for key, value in (sets or {}).items():
+        if is_resource_key(key):
+            resources.append((key, value))
+            continue
+        _set_path(raw, key, copy.deepcopy(value), source)
+    label = ", ".join(f"{k}={v}" for k, v in combo.items()) or "the base job"
+    spec = resolve(raw, f"{source} ({label})")
+    return Job(grid.name, spec, job_label(spec, combo), job_resources(grid, resources, f"{source} ({label})"),
+               logging=tuple(grid.logging))
 
 
 def _combinations(axes: dict[str, list[Any]] | list[dict[str, list[Any]]]) -> list[dict[str, Any]]:

@@ -93,12 +93,12 @@ def job_resources(grid: GridSpec, sets: list[tuple[str, Any]], where: str) -> Re
 
 
 def grid_key_problem(grid: GridSpec, sets: dict[str, Any], key: str, value: Any) -> str | None:
-    """Why ``key=value`` (a ``--where`` of a run) can match no job of ``grid``, or None: the checks of
-    ``exclude``/``where`` entries."""
+    """Why ``key=value`` (a ``--where`` of a run, a key of a ``search:`` block) can match no job of ``grid``,
+    or None: the checks of ``exclude``/``where`` entries."""
     return _path_problem(key, value, _grid_components(grid, sets))
 
 
-def key_problem(key: str, value: Any, names: Mapping[str, set[Any]]) -> str | None:
+def stored_key_problem(key: str, value: Any, names: Mapping[str, set[Any]]) -> str | None:
     """The same for jobs read from a results folder, whose rules, archs and datasets are ``names`` (kind ->
     names): ``bioscale report --where``, where there is no grid file."""
     return _path_problem(key, value, _records(names))
@@ -234,3 +234,4 @@ def _value_problem(path: str, value: Any, annotations: list[Any]) -> str | None:
         except Exception:  # an annotation pydantic cannot build an adapter for: cannot check, allow
             return None
     return f"{path}: {short(value)} is not a value this key can have ({first}), so it would never match."
+

@@ -19,6 +19,9 @@ class Job:
     """What its scheduler task asks for (the grid's ``resources:`` with this job's overrides); not in its id."""
     logging: tuple[str, ...] = ()
     """Sinks that mirror its epochs (the grid's ``logging:``, ``bioscale.logsinks``); not in its id."""
+    stop_after: int | None = None
+    """Stop after this many epochs, resumable (successive halving's rung, ``bioscale.promote``); None: run
+    ``train.epochs``. A run-time setting: the job's budget and id stay those of its spec."""
 
     @property
     def job_id(self) -> str:

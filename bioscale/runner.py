@@ -48,6 +48,9 @@ class Plan:
     states: dict[str, JobState] = field(default_factory=dict)
     """Each job's folder as read once when planning (job id -> ``JobState``): what todo, running elsewhere
     and the damaged jobs are derived from, without reading the store again."""
+    runs: int | None = None
+    """Job runs this plan expects, where it is not ``len(todo)``: with successive halving, the jobs of the
+    current rungs plus the survivors of every later rung (each continues from its checkpoint)."""
 
     @property
     def skipped(self) -> int:
@@ -127,6 +130,11 @@ def plan(grid: str | Path | GridSpec, results: str | Path = DEFAULT_RESULTS,
     jobs = select_jobs(jobs, parse_selection(where, only), spec, _sets(overrides))
     store = Store(results)
     states = {job.job_id: store.job_dir(job.grid, job.job_id).inspect() for job in jobs}
+    if spec.promote is not None:  # successive halving: only the jobs still in the race, up to their rung
+        from bioscale.promote import advance, expected_runs
+
+        todo, groups = advance(spec, jobs, store, write=False)
+        return Plan(spec, jobs, todo, store, states, expected_runs(spec.promote, groups, todo))
     todo = [job for job in jobs if states[job.job_id].status in RUNNABLE]
     return Plan(spec, jobs, todo, store, states)
 
@@ -181,11 +189,34 @@ def run_plan(planned: Plan, executor: str | ExecutorSpec | Executor | None = Non
             todo.append(job)
     with interrupts.raising():
         try:
-            done = runner.run(todo, planned.store, on_event) if todo else []
+            if planned.grid.promote is not None:
+                done = run_rungs(planned, runner, on_event)
+            else:
+                done = runner.run(todo, planned.store, on_event) if todo else []
         except Interrupted as exc:
             exc.message = exc.message or interrupted_message(exc, planned)  # an executor may know better
             raise
     return RunSummary(planned.grid.name, planned.results_dir, planned.jobs, planned.skipped, unwritable + done)
+
+
+def run_rungs(planned: Plan, runner: Executor, on_event: EventHandler | None = None) -> list[JobResult]:
+    """Successive halving (``bioscale.promote``): run every job still in the race up to its rung, decide the
+    rungs whose jobs have all arrived, run the promoted ones on from their checkpoints, and so on until nothing
+    is left to run here (an executor that only submits, like Slurm without --wait, stops after one round: the
+    next ``bioscale run`` decides and goes on). Each job is run at most once per stop in one call, so a job that
+    fails again is left for the next run. Returns each job's latest result."""
+    from bioscale.promote import advance
+
+    results: dict[str, JobResult] = {}
+    tried: set[tuple[str, int | None]] = set()
+    while True:
+        todo = [job for job in advance(planned.grid, planned.jobs, planned.store)[0]
+                if (job.job_id, job.stop_after) not in tried]
+        if not todo:
+            return list(results.values())
+        tried |= {(job.job_id, job.stop_after) for job in todo}
+        for result in runner.run(todo, planned.store, on_event):
+            results[result.job_id] = result
 
 
 def interrupted_message(exc: Interrupted, planned: Plan) -> str:

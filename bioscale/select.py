@@ -104,7 +104,7 @@ def check_keys(selection: Selection, candidates: Sequence[Candidate], grid: Grid
                sets: dict[str, Any] | None = None) -> None:
     """Refuse a ``--where`` key no job can have (with the allowed keys and a did-you-mean), or a value it can
     never take. With ``grid`` the grid's components are the reference, else the jobs'."""
-    from bioscale.gridkeys import grid_key_problem, key_problem
+    from bioscale.gridkeys import grid_key_problem, stored_key_problem
 
     names: dict[str, set[Any]] = {kind: set() for kind in COMPONENTS}
     for c in candidates:
@@ -114,7 +114,7 @@ def check_keys(selection: Selection, candidates: Sequence[Candidate], grid: Grid
                 names[kind].add(part["name"])
     for key, value in selection.where.items():
         problem = (grid_key_problem(grid, sets or {}, key, value) if grid is not None
-                   else key_problem(key, value, names))
+                   else stored_key_problem(key, value, names))
         if problem:
             raise BioscaleError(f"--where {key}={_text(value)}: {problem} Keys are dotted paths into a job, like "
                                 "a grid's axes: rule.name=fa, rule.params.schedule=alternating, arch.name=lc, "

@@ -6,6 +6,7 @@ Every model forbids unknown keys, so a misspelt key in a grid is an error, never
 from __future__ import annotations
 
 import re
+from fractions import Fraction
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -291,6 +292,131 @@ def _check_sinks(names: list[str]) -> list[str]:
     return check_names(names)
 
 
+DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice")
+"""What a searched key can be drawn from (``bioscale.search``)."""
+
+
+class Distribution(Strict):
+    """One searched key: exactly one of ``loguniform: [lo, hi]`` (log-uniform, lo > 0), ``uniform: [lo, hi]``,
+    ``int: [lo, hi]`` (an integer, both ends included) or ``choice: [a, b, ...]`` (one of them, equally likely).
+    Bartunov et al.'s Table 4 ranges are ``loguniform`` (learning rates), ``uniform`` (alpha, sigma) and
+    ``choice`` (beta2, epsilon)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    loguniform: tuple[float, float] | None = None
+    uniform: tuple[float, float] | None = None
+    int_: tuple[int, int] | None = Field(None, alias="int")
+    choice: list[Any] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one(cls, value: Any) -> Any:
+        if not isinstance(value, dict) or len(value) != 1:
+            raise ValueError(f"a searched key takes one distribution, e.g. {{loguniform: [1.0e-5, 3.0e-4]}}; one of "
+                             f"{', '.join(DISTRIBUTIONS)}")
+        (name,) = value
+        if name not in DISTRIBUTIONS and name != "int_":
+            raise ValueError(f"unknown distribution {name!r}: use one of {', '.join(DISTRIBUTIONS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _range(self) -> Distribution:
+        kind, values = self.kind, self.values
+        if kind == "choice":
+            if not values:
+                raise ValueError("choice: the list is empty; give at least one value")
+            return self
+        lo, hi = values
+        if kind == "int" and hi < lo:
+            raise ValueError(f"int: [{lo}, {hi}] is inverted; write it [low, high]")
+        if kind != "int" and not lo < hi:
+            what = "inverted" if hi < lo else "empty (one value)"
+            raise ValueError(f"{kind}: [{lo:g}, {hi:g}] is {what}; write it [low, high] with low < high, or fix the "
+                             "key's value in `base` instead of searching it")
+        if kind == "loguniform" and lo <= 0:
+            raise ValueError(f"loguniform: [{lo:g}, {hi:g}] must lie above 0 (it is uniform in the logarithm); use "
+                             "uniform for a range that includes 0 or negative values")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(n for n in DISTRIBUTIONS if getattr(self, "int_" if n == "int" else n) is not None)
+
+    @property
+    def values(self) -> Any:
+        return getattr(self, "int_" if self.kind == "int" else self.kind)
+
+
+class SearchBlock(Strict):
+    """Keys searched only for the jobs that match ``where`` (e.g. alpha for DTP only)."""
+
+    where: dict[str, Any] = Field(default_factory=dict)
+    space: dict[str, Distribution]
+
+
+class SearchSpec(Strict):
+    """Random search (Bartunov et al.: "random searches over 60 random configurations drawn from the ranges
+    specified in table 4"): every combination of the axes is run with ``n`` configurations drawn from
+    ``space`` (and from each ``conditional`` block whose ``where`` matches). The draws are a function of
+    (seed, key, configuration index) only (``bioscale.search``): the same on any machine, whatever the order
+    of the keys. Grid-level: a drawn value is an ordinary job parameter, so it is part of the job id and
+    the search itself is not."""
+
+    n: PositiveInt
+    """Configurations per combination of the axes."""
+    seed: Seed = 0
+    space: dict[str, Distribution] = Field(default_factory=dict)
+    conditional: list[SearchBlock] = Field(default_factory=list)
+
+
+def _check_keep(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("keep is a number of jobs (1) or a fraction (1/3, 0.5)")
+    if isinstance(value, int):
+        if value < 1:
+            raise ValueError(f"keep: {value} keeps no job; keep at least 1")
+        return value
+    try:
+        frac = Fraction(str(value).strip())
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"keep: {value!r} is neither a number of jobs (1) nor a fraction (1/3, 0.5)") from None
+    if frac.denominator == 1 and frac >= 1:
+        return int(frac)
+    if not 0 < frac < 1:
+        raise ValueError(f"keep: {value!r} is a fraction outside (0, 1); give e.g. 1/3 or a number of jobs")
+    return str(frac)
+
+
+class PromoteSpec(Strict):
+    """Successive halving over a search's configurations: every job of a group (the configurations of one
+    combination of the axes) runs to the first rung's epoch; then only the best ``keep`` of them by
+    ``metric`` (lower is better, ties by job id) continue to the next rung, and so on; the survivors of the
+    last rung run their whole ``train.epochs``. Bartunov et al.'s ImageNet rule ("after 10 epochs we allowed
+    only the best performing job to continue") is ``{rungs: [10, 100], keep: 1}`` with 100 epochs. Decisions are
+    recorded in ``promotions.json`` in the grid's results folder and read back, never recomputed."""
+
+    metric: Literal["val_error", "val_loss"] = "val_error"
+    """Validation metrics only: a selection must never look at the test set."""
+    rungs: list[PositiveInt] = Field(min_length=1)
+    """Epochs at which a decision is taken, increasing; a rung equal to train.epochs is the end (no decision)."""
+    keep: Annotated[int | str, BeforeValidator(_check_keep)] = "1/3"
+    """A number of jobs (at least 1) or a fraction of those at the rung (rounded down, at least 1)."""
+
+    @model_validator(mode="after")
+    def _increasing(self) -> PromoteSpec:
+        if any(b <= a for a, b in zip(self.rungs, self.rungs[1:], strict=False)):
+            raise ValueError(f"rungs {self.rungs} must increase strictly, e.g. [10, 50, 500]")
+        return self
+
+    def survivors(self, candidates: int) -> int:
+        """How many of ``candidates`` continue: ``keep`` jobs, or floor(keep * candidates), at least one
+        (Jamieson & Talwalkar's successive halving keeps the top 1/eta)."""
+        if isinstance(self.keep, int):
+            return min(self.keep, candidates)
+        return max(1, int(Fraction(self.keep) * candidates))
+
+
 class GridSpec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
     """A folder name under the results directory: letters, digits, ``_.-``, at most 100 characters."""
@@ -309,6 +435,19 @@ class GridSpec(Strict):
     """Where every job's epochs are mirrored besides the store (``bioscale.logsinks``): ``tensorboard``,
     ``wandb`` (a single name is a list of one). Not part of any job id: it does not change what a job
     computes."""
+
+
+    search: SearchSpec | None = None
+    """Random search: ``n`` drawn configurations per combination of the axes (``bioscale.search``)."""
+    promote: PromoteSpec | None = None
+    """Successive halving over the search's configurations (``bioscale.promote``); needs ``search``."""
+
+    @model_validator(mode="after")
+    def _promote_needs_search(self) -> GridSpec:
+        if self.promote is not None and self.search is None:
+            raise ValueError("promote: successive halving chooses among a search's configurations; add a `search:` "
+                             "block (n, seed, space) or remove `promote:`")
+        return self
 
 
 class Provenance(Strict):
@@ -343,6 +482,9 @@ class EpochMetrics(Strict):
     epoch_time_s: float
     lr: float | None = None
     diagnostics: dict[str, float] = Field(default_factory=dict)
+    val_error: float | None = None
+    """Error (%) on the dataset's validation hold-out (``dataset.params.validation``); None without one."""
+    val_loss: float | None = None
 
 
 class JobResult(Strict):
@@ -359,6 +501,10 @@ class JobResult(Strict):
     top5_error: float | None = None
     final_test_error: float | None = None
     best_epoch: int | None = None
+    val_error: float | None = None
+    """Best validation error (%) over the epochs, when the dataset has a validation hold-out."""
+    val_epoch: int | None = None
+    """The epoch of ``val_error``."""
     epoch_time_s: float | None = None
     wall_time_s: float | None = None
     error: str | None = None

@@ -274,7 +274,8 @@ class Trainer:
             self.log = JobLog.open(self.job, self.jdir.path, start, self.metrics)
         train = self.spec.train
         group = self.group
-        for epoch in range(start, train.epochs):
+        end = min(train.epochs, self.job.stop_after or train.epochs)  # a rung of successive halving stops early
+        for epoch in range(start, end):
             try:
                 train_time, train_loss, running_error = self.train_epoch(epoch, data, model, rule)
             except (OverflowError, FloatingPointError, RuntimeError) as exc:
@@ -286,6 +287,8 @@ class Trainer:
             if group is not None:
                 distributed.broadcast_norm_buffers(group, model)
             test_error, top5, test_loss = evaluate(model, data.test, rule, group)
+            held = getattr(data, "validation", None)  # dataset.params.validation: what a search selects on
+            val_error, _, val_loss = evaluate(model, held, rule, group) if held is not None else (None, None, None)
             if train.train_error == "running" and running_error is not None:
                 train_error = running_error
             else:
@@ -300,7 +303,7 @@ class Trainer:
             self.metrics.append(EpochMetrics(
                 epoch=epoch + 1, train_loss=train_loss, train_error=train_error, test_error=test_error,
                 test_loss=test_loss, top5_error=top5, epoch_time_s=train_time, lr=rule.current_lr(),
-                diagnostics=diagnostics))
+                diagnostics=diagnostics, val_error=val_error, val_loss=val_loss))
             lost = self.owns is not None and not self.owns()
             if group is not None:
                 distributed.check_replicas(group, model, rule, f"after epoch {epoch + 1}")
@@ -313,6 +316,10 @@ class Trainer:
                 if train.checkpoint:
                     self.save(model, rule, epoch + 1)
             self.report(epoch + 1, len(data.train), len(data.train), train_loss, test_error)
+        if end < train.epochs:
+            from bioscale.promote import paused
+
+            return paused(self.partial_result("pending"), end, train.epochs)
         return self.partial_result("done")
 
     def train_epoch(self, epoch: int, data: DataBundle, model: nn.Module, rule: Rule
@@ -523,6 +530,10 @@ class Trainer:
             result.top5_error = min(top5) if top5 else None
             result.final_test_error = m[-1].test_error
             result.epoch_time_s = statistics.median(r.epoch_time_s for r in m)
+            val = [r for r in m if r.val_error is not None]
+            if val:  # the epoch a selection on the validation set would keep
+                best_val = min(val, key=lambda r: r.val_error)
+                result.val_error, result.val_epoch = best_val.val_error, best_val.epoch
         return result
 
 

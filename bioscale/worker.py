@@ -45,8 +45,10 @@ def read_job(path: Path):  # -> bioscale.job.Job
 
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+        stop = data.get("stop_after")  # successive halving's rung (bioscale.promote)
         return Job(str(data["grid"]), JobSpec.model_validate(data["spec"]), str(data.get("label") or path.stem),
-                   logging=tuple(str(name) for name in data.get("logging") or ()))
+                   logging=tuple(str(name) for name in data.get("logging") or ()),
+                   stop_after=int(stop) if stop is not None else None)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise BioscaleError(f"cannot read the job from {path}: {type(exc).__name__}: {exc}") from exc
 

@@ -57,8 +57,13 @@ def _job(rule: str = "fa", **params: Any) -> JobSpec:
 # ---- today's ids ---------------------------------------------------------------------------------------
 
 
+PINNED_GRIDS = ("smoke", "table1", "table1-mnist5k", "table2", "xiao2018")
+"""The grids that existed when PINNED_GRID_IDS was computed (grids added later have no old ids to keep)."""
+
+
 def test_todays_ids_are_unchanged() -> None:
-    lines = sorted(f"{path.stem}/{job.job_id}" for path in GRIDS for job in expand(load_grid(path)))
+    paths = [ROOT / "grids" / f"{name}.yaml" for name in PINNED_GRIDS]
+    lines = sorted(f"{path.stem}/{job.job_id}" for path in paths for job in expand(load_grid(path)))
     assert hashlib.sha256("\n".join(lines).encode()).hexdigest() == PINNED_GRID_IDS
 
 

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from bioscale.grid import resolve
 from bioscale.spec import EpochMetrics, JobResult, JobSpec, Provenance
 from bioscale.store import JobDir, Store, atomic_write, atomic_write_text, load_rows
 
@@ -24,7 +25,7 @@ def test_atomic_write_leaves_old_file_when_interrupted(tmp_path: Path) -> None:
 
 def test_round_trip_and_status(tmp_path: Path) -> None:
     store = Store(tmp_path)
-    spec = JobSpec.model_validate({"dataset": "synthetic", "arch": "fc", "rule": "bp", "train": {"epochs": 2}})
+    spec = resolve({"dataset": "synthetic", "arch": "fc", "rule": "bp", "train": {"epochs": 2}})  # as stored: resolved
     jdir = store.job_dir("g", spec.job_id())
     jdir.write_spec("g", spec)
     assert jdir.status() == "pending"
@@ -68,7 +69,7 @@ def test_unreadable_spec_is_listed_as_damaged_not_fatal(tmp_path: Path) -> None:
 # -- damaged files are read without raising, named, and kept -------------------------------------------------
 def _healthy_job(tmp_path: Path, epochs: int = 2) -> tuple[Store, JobDir, JobSpec]:
     store = Store(tmp_path)
-    spec = JobSpec.model_validate({"dataset": "synthetic", "arch": "fc", "rule": "bp", "train": {"epochs": epochs}})
+    spec = resolve({"dataset": "synthetic", "arch": "fc", "rule": "bp", "train": {"epochs": epochs}})
     jdir = store.job_dir("g", spec.job_id())
     jdir.write_spec("g", spec)
     jdir.write_metrics([EpochMetrics(epoch=i, train_loss=1.0, train_error=2.0, test_error=3.0 - i, epoch_time_s=0.1)

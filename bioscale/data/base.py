@@ -68,3 +68,5 @@ class DataBundle:
     train_eval: Loader
     """The training set in order, without augmentation: for the train error."""
     test: Loader
+    validation: Loader | None = None
+    """The held-out part of the training set (``dataset.params.validation``), in order, without augmentation."""

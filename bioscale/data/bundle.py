@@ -13,7 +13,7 @@ import torch
 
 from bioscale.data.base import DataBundle, DataShape
 from bioscale.data.loaders import Augment, TensorLoader
-from bioscale.data.split import subset_indices
+from bioscale.data.split import training_indices
 
 if TYPE_CHECKING:
     from bioscale.data import LoaderSettings
@@ -43,19 +43,25 @@ def tensor_bundle(
     ctx: LoaderSettings,
     *,
     subset: int | None = None,
+    validation: int | None = None,
     scale: float = 255.0,
     augment: Augment | None = None,
 ) -> DataBundle:
     """Build the bundle. ``train``/``test`` are ``(x (N, C, H, W), y (N,))`` arrays on the host.
 
-    ``subset`` picks a fixed stratified subset of the training set (``bioscale.data.split``); the test
-    set is never subsetted, so test errors stay comparable with the paper's.
+    ``subset`` picks a fixed stratified subset of the training set and ``validation`` holds a fixed stratified
+    part of it out (``bioscale.data.split.training_indices``); the test set is never subsetted, so test errors
+    stay comparable with the paper's.
     """
     x_tr, y_tr = train
-    idx = subset_indices(np.asarray(y_tr), subset, name)
+    idx, held = training_indices(np.asarray(y_tr), subset, validation, name)
+    dev = ctx.device
+    val = None
+    if held is not None:
+        xv, yv = to_device_images(x_tr[held], dev, scale), to_device_labels(y_tr[held], dev)
+        val = TensorLoader(xv, yv, ctx.eval_batch_size)
     if idx is not None:
         x_tr, y_tr = x_tr[idx], y_tr[idx]
-    dev = ctx.device
     xt, yt = to_device_images(x_tr, dev, scale), to_device_labels(y_tr, dev)
     xe, ye = to_device_images(test[0], dev, scale), to_device_labels(test[1], dev)
     info = DataShape(family, tuple(xt.shape[1:]), num_classes, len(xt), len(xe))  # type: ignore[arg-type]
@@ -64,4 +70,5 @@ def tensor_bundle(
         train=TensorLoader(xt, yt, ctx.batch_size, shuffle=True, seed=ctx.seed, augment=augment),
         train_eval=TensorLoader(xt, yt, ctx.eval_batch_size),
         test=TensorLoader(xe, ye, ctx.eval_batch_size),
+        validation=val,
     )

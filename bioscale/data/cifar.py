@@ -142,5 +142,6 @@ def check(params: Cifar10Params) -> str | None:
                           "on device.")
 def load(params: Cifar10Params, ctx: LoaderSettings) -> DataBundle:
     x_tr, y_tr, x_te, y_te = read_all(locate(params))
-    return bundle.tensor_bundle("cifar10", "cifar10", 10, (x_tr, y_tr), (x_te, y_te), ctx, subset=params.subset,
-                         augment=augment.flip_and_crop(params.flip, params.crop_padding))
+    return bundle.tensor_bundle("cifar10", "cifar10", 10, (x_tr, y_tr), (x_te, y_te), ctx,
+                                subset=params.subset, validation=params.validation,
+                                augment=augment.flip_and_crop(params.flip, params.crop_padding))

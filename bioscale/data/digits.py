@@ -52,5 +52,6 @@ def arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
                   summary="scikit-learn's bundled 8x8 digits (1,797 images), fixed stratified 1,437/360 split.")
 def load(params: BundledParams, ctx: LoaderSettings) -> DataBundle:
     x_tr, y_tr, x_te, y_te = arrays()
-    return bundle.tensor_bundle("digits", "mnist", 10, (x_tr, y_tr), (x_te, y_te), ctx, subset=params.subset,
-                         scale=16.0)
+    return bundle.tensor_bundle("digits", "mnist", 10, (x_tr, y_tr), (x_te, y_te), ctx,
+                                subset=params.subset, validation=params.validation,
+                                scale=16.0)

@@ -32,7 +32,7 @@ import numpy as np
 from bioscale.catalog import register_dataset
 from bioscale.data.base import DataBundle, DataShape
 from bioscale.data.params import DataParams
-from bioscale.data.split import subset_indices
+from bioscale.data.split import training_indices
 from bioscale.errors import DataError
 from bioscale.lazy import lazy
 
@@ -139,7 +139,8 @@ def load_folders(params: ImageNetParams, ctx: LoaderSettings) -> DataBundle:
     tr.transform = transforms(params.preprocess, True)
     va.transform = transforms(params.preprocess, False)
     train_ds: torch.utils.data.Dataset = tr
-    idx = subset_indices(np.asarray(tr.targets), params.subset, "imagenet")
+    idx, held = training_indices(np.asarray(tr.targets), params.subset, params.validation, "imagenet")
+    held_ds = torch.utils.data.Subset(tr_eval, held.tolist()) if held is not None else None
     if idx is not None:
         train_ds = torch.utils.data.Subset(tr, idx.tolist())
         tr_eval = torch.utils.data.Subset(tr_eval, idx.tolist())
@@ -150,7 +151,8 @@ def load_folders(params: ImageNetParams, ctx: LoaderSettings) -> DataBundle:
         return loaders.DeviceDataLoader(ds, bs, ctx.device, shuffle=shuffle, seed=ctx.seed, num_workers=ctx.num_workers)
 
     return DataBundle(info, dl(train_ds, ctx.batch_size, True), dl(tr_eval, ctx.eval_batch_size, False),
-                      dl(va, ctx.eval_batch_size, False))
+                      dl(va, ctx.eval_batch_size, False),
+                      dl(held_ds, ctx.eval_batch_size, False) if held_ds is not None else None)
 
 
 def _npz_files(root: Path, size: int) -> tuple[list[Path], Path]:
@@ -206,7 +208,8 @@ def read_downsampled(params: ImageNetParams) -> tuple[np.ndarray, np.ndarray, np
 
 def load_downsampled(params: ImageNetParams, ctx: LoaderSettings) -> DataBundle:
     x_tr, y_tr, x_va, y_va = read_downsampled(params)
-    idx = subset_indices(y_tr, params.subset, "imagenet")
+    idx, held = training_indices(y_tr, params.subset, params.validation, "imagenet")
+    x_held, y_held = (x_tr[held], y_tr[held]) if held is not None else (None, None)
     if idx is not None:
         x_tr, y_tr = x_tr[idx], y_tr[idx]
     size = x_tr.shape[-1]
@@ -218,6 +221,8 @@ def load_downsampled(params: ImageNetParams, ctx: LoaderSettings) -> DataBundle:
         loaders.HostTensorLoader(xt, yt, ctx.batch_size, ctx.device, shuffle=True, seed=ctx.seed, augment=aug),
         loaders.HostTensorLoader(xt, yt, ctx.eval_batch_size, ctx.device),
         loaders.HostTensorLoader(xv, yv, ctx.eval_batch_size, ctx.device),
+        loaders.HostTensorLoader(torch.from_numpy(x_held), torch.from_numpy(y_held), ctx.eval_batch_size, ctx.device)
+        if x_held is not None and y_held is not None else None,
     )
 
 

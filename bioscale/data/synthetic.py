@@ -44,4 +44,4 @@ def load(params: SyntheticParams, ctx: LoaderSettings) -> DataBundle:
     train = make_tensors(params, params.train_size, seed=1)
     test = make_tensors(params, params.test_size, seed=2)
     return bundle.tensor_bundle("synthetic", "mnist" if c == 1 else "cifar10", params.num_classes, train, test, ctx,
-                         subset=params.subset, scale=1.0)
+                         subset=params.subset, validation=params.validation, scale=1.0)

@@ -182,3 +182,22 @@ def test_downsampled_errors(tmp_path: Path) -> None:
     np.savez(p, data=np.zeros((2, 3072), np.uint8), labels=np.array([0, 5]))
     with pytest.raises(DataError, match="integer labels 1-1000"):
         imagenet.read_downsampled(ImageNetParams(root=str(tmp_path), downsampled=32))
+
+
+def test_validation_holdout_from_folders_and_npz(tmp_path: Path, ctx) -> None:
+    """``validation: N`` (issue 15): N training images held out, stratified, apart from the training set."""
+    write_tree(tmp_path / "tree", per_class=4)
+    b = imagenet.load(ImageNetParams(root=str(tmp_path / "tree"), preprocess="bartunov", validation=3), ctx)
+    assert b.validation is not None and b.info.train_size == 9 and b.info.test_size == 12
+    assert sorted(torch.cat([y for _, y in b.validation]).tolist()) == [0, 1, 2]
+    held = torch.cat([x.flatten(1) for x, _ in b.validation])
+    train = torch.cat([x.flatten(1) for x, _ in b.train_eval])
+    assert not any(torch.equal(h, t) for h in held for t in train)
+    (tmp_path / "npz").mkdir()
+    x_tr, *_ = write_npz(tmp_path / "npz", 32)
+    d = imagenet.load(ImageNetParams(root=str(tmp_path / "npz"), downsampled=32, preprocess="bartunov",
+                                     validation=4), ctx)
+    assert d.validation is not None and d.info.train_size == 20
+    rows = torch.cat([torch.cat([x for x, _ in d.validation]), torch.cat([x for x, _ in d.train_eval])])
+    assert sorted(rows.flatten(1).sum(1).tolist()) == pytest.approx(
+        sorted((torch.from_numpy(x_tr).float() / 255).sum(1).tolist()))  # a partition of the training set

@@ -54,3 +54,25 @@ def test_subset_none_and_full_mean_everything() -> None:
 def test_subset_too_large_is_a_clear_error() -> None:
     with pytest.raises(DataError, match=r"subset=101 is larger than the 100 training examples of 'toy'"):
         subset_indices(_labels(), 101, "toy")
+
+
+def test_validation_is_held_out_first_and_does_not_depend_on_the_subset() -> None:
+    from bioscale.data.split import training_indices
+
+    y = _labels()
+    train, held = training_indices(y, None, 20, "toy")
+    assert held is not None and train is not None
+    assert len(held) == 20 and len(train) == 80 and not set(train.tolist()) & set(held.tolist())
+    np.testing.assert_array_equal(np.bincount(y[held]), [10, 6, 4])  # stratified
+    sub, held_too = training_indices(y, 40, 20, "toy")
+    np.testing.assert_array_equal(held, held_too)  # the same validation images whatever the subset
+    assert sub is not None and len(sub) == 40 and set(sub.tolist()) <= set(train.tolist())
+    np.testing.assert_array_equal(np.bincount(y[sub]), [20, 12, 8])
+    assert training_indices(y, None, None, "toy") == (None, None)
+
+
+def test_a_validation_set_as_big_as_the_training_set_is_a_clear_error() -> None:
+    from bioscale.data.split import training_indices
+
+    with pytest.raises(DataError, match=r"validation=100 leaves no training example: 'toy' has 100"):
+        training_indices(_labels(), None, 100, "toy")
