@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from bioscale.claims import LEASE, Lease
+from bioscale.events import JobProgress
 from bioscale.force import FINISHED, finished_jobs, force_finished, would_run
 from bioscale.runner import plan, run_grid
 from bioscale.spec import EpochMetrics, JobResult
@@ -126,13 +127,15 @@ def test_run_grid_force_reruns_from_scratch(tmp_path: Path, grid_writer, tiny_gr
     assert first.counts == {"done": 1}
     job_id = first.results[0].job_id
     assert run_grid(grid, results, ["train.epochs=1"], where=where).results == []
-    again = run_grid(grid, results, ["train.epochs=1"], where=where, force=True)
+    events: list = []
+    again = run_grid(grid, results, ["train.epochs=1"], where=where, force=True, on_event=events.append)
     assert again.counts == {"done": 1}
+    assert any(isinstance(e, JobProgress) and e.epoch == 1 and e.step for e in events)  # it trained again
     jdir = Store(results).job_dir("tiny", job_id)
     old = JobResult.model_validate_json((jdir.path / "result.json.aside-1").read_text())
     new = jdir.read_result()
     assert new.test_error == old.test_error and new.epochs == old.epochs == 1
-    assert new.provenance.started_at != old.provenance.started_at
+    assert new.provenance.started_at >= old.provenance.started_at  # (timestamps have a resolution of seconds)
     assert "rerun from scratch by `bioscale run --force`" in new.error
     for name in (RESULT, METRICS, CHECKPOINT):  # the first run's files, kept; the rerun wrote its own
         assert (jdir.path / f"{name}.aside-1").exists() and (jdir.path / name).exists()
