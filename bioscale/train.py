@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bioscale import claims, distributed
+from bioscale import cadence, claims, distributed
 from bioscale.checkpoint import CheckpointError, UnsafeCheckpoint, load_checkpoint
 from bioscale.data import LoaderSettings, load_data
 from bioscale.data.base import DataBundle
@@ -278,11 +278,11 @@ class Trainer:
             else:
                 train_error = evaluate(model, data.train_eval, rule, group)[0]
             diagnostics: dict[str, float] = {}
-            if train.diagnostics_every and (epoch + 1) % train.diagnostics_every == 0:
+            if cadence.diagnostics_due(train, epoch):
                 # the first training batch, read in this process: ``next(iter(...))`` would start a DataLoader's
                 # worker pool and prefetch 2W+1 batches to use one. Every rank reads the same whole batch
                 # (diagnostics may run collectives, e.g. global batch norm).
-                x, y = first_batch(data.train_eval)
+                x, y = cadence.diagnostics_slice(first_batch(data.train_eval), train.diagnostics_batch)
                 diagnostics = rule.diagnostics(x, y)
             self.metrics.append(EpochMetrics(
                 epoch=epoch + 1, train_loss=train_loss, train_error=train_error, test_error=test_error,
@@ -296,7 +296,7 @@ class Trainer:
                 raise LeaseLost(f"lease on {self.jdir.path} lost in epoch {epoch + 1}")
             if self.writes:
                 self.jdir.write_metrics(self.metrics)
-                if train.checkpoint:
+                if cadence.checkpoint_due(train, epoch):
                     self.save(model, rule, epoch + 1)
             self.report(epoch + 1, len(data.train), len(data.train), train_loss, test_error)
         return self.partial_result("done")
