@@ -96,7 +96,8 @@ few microseconds per position would dominate, and the chunked bmm is kept (and a
 
 
 def _per_position(x: Tensor, o: int, k: int) -> bool:
-    return x.device.type == "cpu" and o * k * x.shape[0] >= PER_POSITION_MIN
+    """The CPU path; "meta" too, so that ``arch summary`` (which runs on meta) follows the CPU's workspace."""
+    return x.device.type in ("cpu", "meta") and o * k * x.shape[0] >= PER_POSITION_MIN
 
 
 def _window(xp: Tensor, i: int, j: int, kh: int, kw: int, stride: tuple[int, int]) -> Tensor:
