@@ -140,6 +140,10 @@ class TrainSpec(Strict):
     """bfloat16 autocast on CUDA; ignored on the CPU."""
     compile: bool = False
     checkpoint: bool = True
+    eval_every: PositiveInt = added(1)
+    """Epochs between evaluations (test error, and the train error when ``train_error`` is ``eval``); the last
+    epoch is always evaluated. The job's best errors are over the evaluated epochs, so this is part of the
+    job id (a value other than 1 gives a new one); epochs in between record no errors."""
     checkpoint_every: PositiveInt = added(1)
     """Epochs between checkpoints (the last epoch always writes one). A resume replays the epochs after the
     last checkpoint exactly (their metrics are rewritten). Run-time: not part of the job id."""
@@ -348,8 +352,10 @@ class EpochMetrics(Strict):
 
     epoch: int
     train_loss: float
-    train_error: float
-    test_error: float
+    train_error: float | None
+    test_error: float | None
+    """None in an epoch without evaluation (``train.eval_every``); the train error then too, unless it is
+    the running one."""
     test_loss: float | None = None
     top5_error: float | None = None
     epoch_time_s: float

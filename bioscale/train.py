@@ -272,10 +272,13 @@ class Trainer:
                 raise Diverged(f"training loss is {train_loss} in epoch {epoch + 1}")
             if group is not None:
                 distributed.broadcast_norm_buffers(group, model)
-            test_error, top5, test_loss = evaluate(model, data.test, rule, group)
+            test_error = top5 = test_loss = train_error = None
+            evaluated = cadence.due(train.eval_every, epoch, train.epochs)
+            if evaluated:
+                test_error, top5, test_loss = evaluate(model, data.test, rule, group)
             if train.train_error == "running" and running_error is not None:
                 train_error = running_error
-            else:
+            elif evaluated:
                 train_error = evaluate(model, data.train_eval, rule, group)[0]
             diagnostics: dict[str, float] = {}
             if cadence.diagnostics_due(train, epoch):
@@ -501,10 +504,12 @@ class Trainer:
         result = JobResult(job_id=self.job.job_id, grid=self.job.grid, status=status, epochs=len(m),  # type: ignore[arg-type]
                            error=error)
         if m:
-            best = min(m, key=lambda r: r.test_error)
-            result.test_error = best.test_error
-            result.best_epoch = best.epoch
-            result.train_error = min(r.train_error for r in m)
+            evaluated = [r for r in m if r.test_error is not None]  # every epoch unless train.eval_every > 1
+            best = min(evaluated, key=lambda r: r.test_error) if evaluated else None  # type: ignore[arg-type, return-value]
+            result.test_error = best.test_error if best else None
+            result.best_epoch = best.epoch if best else None
+            train_errors = [r.train_error for r in m if r.train_error is not None]
+            result.train_error = min(train_errors) if train_errors else None
             top5 = [r.top5_error for r in m if r.top5_error is not None]
             result.top5_error = min(top5) if top5 else None
             result.final_test_error = m[-1].test_error

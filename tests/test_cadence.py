@@ -88,3 +88,37 @@ def test_a_job_resumes_from_its_last_checkpoint_and_replays_exactly(tmp_path: Pa
     strip = lambda rows: [{k: v for k, v in r.items() if k != "epoch_time_s"} for r in rows]  # noqa: E731
     assert strip(_rows(jdir / "metrics.jsonl")) == strip(_rows(tmp_path / "clean" / "tiny" / job.job_id
                                                                 / "metrics.jsonl"))
+
+
+def test_evaluation_cadence_records_errors_only_when_evaluated(tmp_path: Path, tiny_grid: dict) -> None:
+    """eval_every 2 over 5 epochs evaluates after epochs 2, 4 and 5; training is the same as evaluating every
+    epoch, the best error is the best of the evaluated epochs, and the id differs from eval_every 1's."""
+    every = _job(tiny_grid, epochs=5)
+    sparse = _job(tiny_grid, epochs=5, eval_every=2)
+    assert every.job_id != sparse.job_id
+    results = {name: run_job(job, Store(tmp_path / name)) for name, job in (("every", every), ("sparse", sparse))}
+    assert all(r.status == "done" for r in results.values())
+    a = _rows(tmp_path / "every" / "tiny" / every.job_id / "metrics.jsonl")
+    b = _rows(tmp_path / "sparse" / "tiny" / sparse.job_id / "metrics.jsonl")
+    assert [r["test_error"] is not None for r in b] == [False, True, False, True, True]
+    assert [r["train_error"] is not None for r in b] == [False, True, False, True, True]
+    assert [r["train_loss"] for r in a] == [r["train_loss"] for r in b]  # evaluation changes no training
+    for ra, rb in zip(a, b, strict=True):
+        if rb["test_error"] is not None:
+            assert (rb["test_error"], rb["train_error"]) == (ra["test_error"], ra["train_error"])
+    evaluated = [r for r in b if r["test_error"] is not None]
+    best = min(evaluated, key=lambda r: r["test_error"])
+    assert results["sparse"].test_error == best["test_error"] and results["sparse"].best_epoch == best["epoch"]
+    assert results["sparse"].final_test_error == b[-1]["test_error"]
+    assert results["sparse"].train_error == min(r["train_error"] for r in evaluated)
+
+
+def test_reports_read_metrics_with_unevaluated_epochs(tmp_path: Path, tiny_grid: dict) -> None:
+    from bioscale.report.frame import load_curves, load_frame
+
+    job = _job(tiny_grid, epochs=3, eval_every=2)
+    assert run_job(job, Store(tmp_path)).status == "done"
+    frame = load_frame(Store(tmp_path), "tiny")
+    assert len(frame) == 1 and frame.iloc[0]["best_epoch"] in (2, 3)
+    curves = load_curves(Store(tmp_path), "tiny")
+    assert curves.sort_values("epoch")["test_error"].isna().tolist() == [True, False, False]

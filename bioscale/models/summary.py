@@ -194,8 +194,7 @@ def render(summary: ArchSummary) -> str:
         f"  Adam state       {_fmt_bytes(s.optimizer_bytes):>15}",
         f"  saved activations{_fmt_bytes(s.activation_bytes):>15}",
         f"  total            {_fmt_bytes(s.total_bytes):>15}",
-        f"  peak of a step   {_fmt_bytes(s.peak_bytes):>15}  (parameters, Adam state, and the forward and "
-        "backward pass's peak of activations, gradients and temporaries)",
+        f"  peak of a step   {_fmt_bytes(s.peak_bytes):>15}  (with Adam state and backward's temporaries)",
     ]
     return "\n".join(lines)
 
