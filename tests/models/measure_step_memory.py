@@ -1,5 +1,8 @@
 """Run in a fresh process: peak RSS of training steps of an arch above the RSS once the model, the rule and the
-batch exist (so parameters, the input and torch itself are not counted). Prints JSON.
+batch exist (so parameters, the input and torch itself are not counted). Prints JSON. Linux only.
+
+The peak is ``VmHWM`` of /proc/self/status, reset just before the steps (``clear_refs``): ``getrusage``'s
+``ru_maxrss`` would not do, Linux carries the parent's peak across fork and exec into it.
 
     python tests/models/measure_step_memory.py ARCH FAMILY C H W CLASSES BATCH RULE STEPS
 """
@@ -7,11 +10,17 @@ batch exist (so parameters, the input and torch itself are not counted). Prints 
 from __future__ import annotations
 
 import json
-import resource
 import sys
+from pathlib import Path
 
-import psutil
 import torch
+
+
+def _status_kib(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {key} in /proc/self/status")
 
 
 def main() -> None:
@@ -30,12 +39,12 @@ def main() -> None:
     rule.setup(torch.device("cpu"), False)
     x = torch.randn(int(batch), int(c), int(h), int(w))
     y = torch.randint(0, int(classes), (int(batch),))
-    base = psutil.Process().memory_info().rss
-    before_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
+    base = _status_kib("VmRSS") * 1024
     for _ in range(int(steps)):
         rule.train_step(x, y)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"base": base, "before_peak": before_peak, "peak": peak, "step_peak": peak - base}))
+    peak = _status_kib("VmHWM") * 1024
+    print(json.dumps({"base": base, "peak": peak, "step_peak": peak - base}))
 
 
 if __name__ == "__main__":
