@@ -21,8 +21,9 @@ nets' deeper layers) go one position at a time instead: gather that position's p
 buffer that stays in cache, ``torch.mm`` it at once, and (backward) add its input gradient straight into the
 padded input's window. Same formulas, fewer trips through memory, and MKL's mm with a transposed operand
 runs about twice as fast as its bmm; the layout changes between (N, O, oh, ow) and (L, O, N) are done as
-2-d transposes. Measured (benchmarks/bench_lc.py --papers, one thread, thread CPU time, load average 3.6):
-CIFAR LC layers at batch 128 take 1.5x, 2.2x and 2.2x conv2d's time (they took 2.2x, 2.2x, 2.3x before).
+2-d transposes. Measured (benchmarks/bench_lc.py --papers, one thread, thread CPU time, load average 4-5 on
+2 shared cores, so indicative): CIFAR LC layers at batch 128 take 1.4-1.7x, 2.0-2.2x and 2.0-2.2x conv2d's
+time (2.2x, 2.2x, 2.3x before).
 """
 
 from __future__ import annotations
@@ -81,9 +82,7 @@ def _pad_cnhw(x: Tensor, padding: tuple[int, int]) -> Tensor:
     t = _transpose_2d(x, n).view(c, h, w, n)
     if ph == pw == 0:
         return t
-    xp = x.new_zeros(c, h + 2 * ph, w + 2 * pw, n)
-    xp[:, ph:ph + h, pw:pw + w] = t
-    return xp
+    return torch.constant_pad_nd(t, (0, 0, pw, pw, ph, ph))  # writes each element once (no zero-fill pass)
 
 
 PER_POSITION_MIN = 4 * 2**20
