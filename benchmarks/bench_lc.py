@@ -2,6 +2,13 @@
 and vs the obvious ``F.unfold`` + ``einsum`` version.
 
     python benchmarks/bench_lc.py [--quick] [--einsum-all] [--threads N] [--dtype float32|bfloat16]
+    python benchmarks/bench_lc.py --papers [--batch 128] [--repeats 5]
+
+``--papers``: lc2d / conv2d forward+backward time at the real layer shapes of the papers' LC nets (Table 3
+of Bartunov et al.: MNIST, CIFAR-10, the first ImageNet layers), one thread, conv2d and lc2d interleaved
+(repeat r of each runs back to back, so drifting load hits both alike), timed in CPU time of the one
+thread (``time.thread_time``: time spent waiting for a core does not count, shared caches still do), with
+``uptime``'s load average: numbers taken at a load average of 3 or more on this 2-core machine are indicative.
 
 The einsum baseline is so slow (its batched matmul over strided operands falls back to a per-position loop)
 that by default it is timed at batch 32 only; ``--einsum-all`` times it everywhere (minutes more).
@@ -127,13 +134,71 @@ def peak_bytes(step: Callable[[], None]) -> int:
     return tracker.peak
 
 
+PAPER_SHAPES = {  # (in_channels, in_size, out_channels, kernel, stride), padding kernel // 2 (presets.LC_LAYERS)
+    "mnist-1": (1, 28, 32, 3, 2), "mnist-2": (32, 14, 64, 3, 2),
+    "cifar-1": (3, 32, 64, 5, 2), "cifar-2": (64, 16, 128, 5, 2), "cifar-3": (128, 8, 256, 3, 1),
+}
+
+
+def _paper_step(kind: str, n: int, shape: tuple[int, int, int, int, int]) -> Callable[[], None]:
+    c, size, o, k, stride = shape
+    pad = k // 2
+    oh, ow = lc_out_size(size, k, stride, pad)
+    x = torch.randn(n, c, size, size, requires_grad=True)
+    if kind == "conv2d":
+        w = torch.randn(o, c, k, k, requires_grad=True)
+        b = torch.randn(o, requires_grad=True)
+        fwd: Callable[[], Tensor] = lambda: F.conv2d(x, w, b, stride, pad)  # noqa: E731
+    else:
+        w = torch.randn(oh, ow, o, c, k, k, requires_grad=True)
+        b = torch.randn(o, oh, ow, requires_grad=True)
+        fwd = lambda: lc2d(x, w, b, stride, pad)  # noqa: E731
+    g = torch.randn(n, o, oh, ow)
+
+    def step() -> None:
+        x.grad = w.grad = b.grad = None
+        fwd().backward(g)
+
+    return step
+
+
+def papers(batch: int, repeats: int) -> None:
+    import os
+
+    torch.set_num_threads(1)
+    load = os.getloadavg()
+    print(f"torch {torch.__version__}, 1 thread, float32, batch {batch}, forward+backward, thread CPU time, "
+          f"min of {repeats} interleaved repeats; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+          + (" (loaded: indicative only)" if load[0] >= 3 else ""))
+    print(f"{'layer':8} {'shape (c, size, o, k, s)':26} {'conv2d ms':>9} {'lc2d ms':>8} {'lc/conv':>7}")
+    for name, shape in PAPER_SHAPES.items():
+        steps = {kind: _paper_step(kind, batch, shape) for kind in ("conv2d", "lc2d")}
+        times: dict[str, list[float]] = {kind: [] for kind in steps}
+        for step in steps.values():
+            step()  # warm-up
+        for _ in range(repeats):
+            for kind, step in steps.items():
+                t0 = time.thread_time()  # CPU time of this (only) thread: waiting for a core does not count
+                step()
+                times[kind].append(time.thread_time() - t0)
+        cv, lc = min(times["conv2d"]) * 1e3, min(times["lc2d"]) * 1e3
+        print(f"{name:8} {shape!s:26} {cv:9.1f} {lc:8.1f} {lc / cv:7.2f}")
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="batch 32 only, fewer repeats")
     ap.add_argument("--einsum-all", action="store_true", help="also time the einsum baseline at batch 128")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--papers", action="store_true", help="lc2d/conv2d at the papers' layer shapes")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
+    if args.papers:
+        papers(args.batch, args.repeats)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)

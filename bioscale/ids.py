@@ -91,9 +91,11 @@ def id_payload(spec: JobSpec) -> dict[str, Any]:
 
     With no added field this is exactly the spec's JSON dump, which keeps every id from before this module.
     """
-    from bioscale.spec import RUNTIME_FIELDS
+    from bioscale.spec import ID_PINNED, RUNTIME_FIELDS
 
     data = spec.model_dump(mode="json", exclude=RUNTIME_FIELDS)  # type: ignore[arg-type]
+    for key, pinned in ID_PINNED.items():  # run-time now, hashed when frozen: hash the value of then
+        data.setdefault(key, {}).update(pinned)
     _prune(data, type(spec), frozen_paths(JOB_SCOPE), "")
     for key, model, scope in _components(data):
         _prune(data[key]["params"], model, frozen_paths(scope), "")

@@ -16,11 +16,48 @@ def build_optimizer(param_groups: Iterable[dict[str, Any]], spec: OptimSpec) -> 
     for g in groups:
         g.setdefault("lr", spec.lr)
         g["initial_lr"] = g["lr"]
+    flags = impl_flags(spec.impl, [p for g in groups for p in g["params"]])
     if spec.name == "adam":
         return torch.optim.Adam(groups, lr=spec.lr, betas=spec.betas, eps=spec.eps,
-                                weight_decay=spec.weight_decay)
+                                weight_decay=spec.weight_decay, **flags)
     return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay,
-                           nesterov=spec.nesterov)
+                           nesterov=spec.nesterov, **flags)
+
+
+def impl_flags(impl: str, params: list[torch.Tensor]) -> dict[str, bool | None]:
+    """torch's ``fused``/``foreach`` arguments for ``OptimSpec.impl``.
+
+    ``fused`` falls back to ``foreach`` when a parameter sits on a device or has a dtype torch has no fused
+    kernel for (it would refuse to build the optimiser); ``torch`` leaves both to torch (foreach on CUDA, the
+    per-parameter loop on the CPU), which is what bioscale did before ``impl`` existed.
+    """
+    if impl == "fused":
+        from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+        devices = set(_get_fused_kernels_supported_devices())
+        if all(p.device.type in devices and p.is_floating_point() and not p.is_sparse for p in params):
+            return {"fused": True, "foreach": None}
+        impl = "foreach"
+    if impl == "foreach":
+        return {"fused": None, "foreach": True}
+    if impl == "loop":
+        return {"fused": None, "foreach": False}
+    return {"fused": None, "foreach": None}
+
+
+def use_impl(optimizer: Optimizer, impl: str) -> None:
+    """Put ``impl`` back after ``load_state_dict``, which takes the saved groups' ``fused``/``foreach``: a job
+    resumed from a checkpoint of another implementation (one written before ``impl`` existed) steps as its
+    spec says. A fused step keeps ``step`` as float32 on the parameter's device, the others as a CPU tensor."""
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    flags = impl_flags(impl, params)
+    for g in optimizer.param_groups:
+        g.update(flags)
+    for p in params:
+        step = optimizer.state.get(p, {}).get("step")
+        if isinstance(step, torch.Tensor):
+            optimizer.state[p]["step"] = (step.to(device=p.device, dtype=torch.float32) if flags["fused"]
+                                          else step.to(device="cpu"))
 
 
 def set_epoch_lr(optimizer: Optimizer, spec: OptimSpec, epoch: int) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bioscale import claims, distributed, threads
+from bioscale import cadence, claims, distributed, threads
 from bioscale.checkpoint import CheckpointError, UnsafeCheckpoint, load_checkpoint
 from bioscale.data import LoaderSettings, load_data
 from bioscale.data.base import DataBundle
@@ -286,19 +286,24 @@ class Trainer:
                 raise Diverged(f"training loss is {train_loss} in epoch {epoch + 1}")
             if group is not None:
                 distributed.broadcast_norm_buffers(group, model)
-            test_error, top5, test_loss = evaluate(model, data.test, rule, group)
-            held = getattr(data, "validation", None)  # dataset.params.validation: what a search selects on
-            val_error, _, val_loss = evaluate(model, held, rule, group) if held is not None else (None, None, None)
+            test_error = top5 = test_loss = train_error = val_error = val_loss = None
+            last_of_run = epoch + 1 == end  # a rung's stop is evaluated and checkpointed: the promotion needs both
+            evaluated = cadence.due(train.eval_every, epoch, train.epochs) or last_of_run
+            if evaluated:
+                test_error, top5, test_loss = evaluate(model, data.test, rule, group)
+                held = getattr(data, "validation", None)  # dataset.params.validation: what a search selects on
+                if held is not None:
+                    val_error, _, val_loss = evaluate(model, held, rule, group)
             if train.train_error == "running" and running_error is not None:
                 train_error = running_error
-            else:
+            elif evaluated:
                 train_error = evaluate(model, data.train_eval, rule, group)[0]
             diagnostics: dict[str, float] = {}
-            if train.diagnostics_every and (epoch + 1) % train.diagnostics_every == 0:
+            if cadence.diagnostics_due(train, epoch):
                 # the first training batch, read in this process: ``next(iter(...))`` would start a DataLoader's
                 # worker pool and prefetch 2W+1 batches to use one. Every rank reads the same whole batch
                 # (diagnostics may run collectives, e.g. global batch norm).
-                x, y = first_batch(data.train_eval)
+                x, y = cadence.diagnostics_slice(first_batch(data.train_eval), train.diagnostics_batch)
                 diagnostics = rule.diagnostics(x, y)
             self.metrics.append(EpochMetrics(
                 epoch=epoch + 1, train_loss=train_loss, train_error=train_error, test_error=test_error,
@@ -313,7 +318,7 @@ class Trainer:
             if self.writes:
                 self.jdir.write_metrics(self.metrics)
                 self.log.epoch(self.metrics[-1])  # before the checkpoint: a resume purges and relogs this epoch
-                if train.checkpoint:
+                if cadence.checkpoint_due(train, epoch) or (train.checkpoint and last_of_run):
                     self.save(model, rule, epoch + 1)
             self.report(epoch + 1, len(data.train), len(data.train), train_loss, test_error)
         if end < train.epochs:
@@ -522,10 +527,12 @@ class Trainer:
         result = JobResult(job_id=self.job.job_id, grid=self.job.grid, status=status, epochs=len(m),  # type: ignore[arg-type]
                            error=error)
         if m:
-            best = min(m, key=lambda r: r.test_error)
-            result.test_error = best.test_error
-            result.best_epoch = best.epoch
-            result.train_error = min(r.train_error for r in m)
+            evaluated = [r for r in m if r.test_error is not None]  # every epoch unless train.eval_every > 1
+            best = min(evaluated, key=lambda r: r.test_error) if evaluated else None  # type: ignore[arg-type, return-value]
+            result.test_error = best.test_error if best else None
+            result.best_epoch = best.epoch if best else None
+            train_errors = [r.train_error for r in m if r.train_error is not None]
+            result.train_error = min(train_errors) if train_errors else None
             top5 = [r.top5_error for r in m if r.top5_error is not None]
             result.top5_error = min(top5) if top5 else None
             result.final_test_error = m[-1].test_error

@@ -4,19 +4,27 @@ training step needs, computed without allocating it.
 The model is built on PyTorch's "meta" device (shapes only, no storage) so that even the ~240M-parameter
 ImageNet LC net summarises instantly. Memory of one training step at ``batch_size``:
 - params, grads: one copy each of every parameter;
-- optimizer: Adam's two moment buffers (2 x params);
+- optimizer: Adam's two moment buffers (2 x params), the fused step (the default ``optim.impl``) makes no
+  parameter-sized temporaries;
 - activations: every tensor autograd saves for backward during one training-mode forward pass (each storage
-  counted once, parameters excluded, the input batch included), found with ``saved_tensors_hooks``.
-Not included: temporaries that live only inside one op (e.g. the LC layer's unfolded input in backward,
-cuDNN workspaces), the CUDA context, and the allocator's caching; real peak usage is somewhat higher.
+  counted once, parameters excluded, the input batch included), found with ``saved_tensors_hooks``;
+- peak: one forward and backward pass run on the meta device under a dispatch mode that follows every storage
+  an op creates until it is freed (activations, gradients, the LC layer's workspace and every other
+  temporary that is a tensor), plus the parameters and Adam's state, which live through the whole step.
+Not included: memory inside one kernel (BLAS packing buffers), the CUDA context, and the allocator's caching
+or retention (glibc keeps ~10-15% more resident on the CPU at default settings; see
+tests/models/test_model_summary.py, which measures a CIFAR LC step).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from bioscale.data.base import DataShape
 from bioscale.spec import ArchSpec
@@ -48,10 +56,44 @@ class ArchSummary:
     grad_bytes: int
     optimizer_bytes: int
     activation_bytes: int
+    backward_peak_bytes: int = 0
+    """Peak of the live tensors a forward and backward pass creates (activations, gradients, temporaries)."""
 
     @property
     def total_bytes(self) -> int:
         return self.param_bytes + self.grad_bytes + self.optimizer_bytes + self.activation_bytes
+
+    @property
+    def peak_bytes(self) -> int:
+        """Predicted peak of a training step: parameters and Adam's state, plus the larger of the forward and
+        backward pass's peak and the first step's gradients (when Adam's state is created)."""
+        return self.param_bytes + self.optimizer_bytes + max(self.backward_peak_bytes, self.grad_bytes)
+
+
+class _LiveBytes(TorchDispatchMode):
+    """Bytes of the storages ops create while active, each until it is freed; ``peak`` is their maximum.
+    Keyed by the storage object (meta storages have no address)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from torch.multiprocessing.reductions import StorageWeakRef
+
+        self._ref = StorageWeakRef
+        self.live: dict[int, tuple[Any, int]] = {}
+        self.peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        inputs = {a.untyped_storage()._cdata for a in tree_flatten((args, kwargs))[0] if isinstance(a, Tensor)}
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, Tensor):
+                st = t.untyped_storage()
+                key = st._cdata
+                if key not in inputs and key not in self.live and st.nbytes() > 0:
+                    self.live[key] = (self._ref(st), st.nbytes())
+        self.live = {k: v for k, v in self.live.items() if not v[0].expired()}
+        self.peak = max(self.peak, sum(n for _, n in self.live.values()))
+        return out
 
 
 def summarize(arch: ArchSpec, info: DataShape, batch_size: int) -> ArchSummary:
@@ -84,6 +126,8 @@ def summarize(arch: ArchSpec, info: DataShape, batch_size: int) -> ArchSummary:
     finally:
         for h in hooks:
             h.remove()
+    keep.clear()
+    backward_peak = _backward_peak(model, x, info.num_classes)
     params = list(model.parameters())
     trainable = [p for p in params if p.requires_grad]
     param_bytes = sum(p.numel() * p.element_size() for p in params)
@@ -92,8 +136,22 @@ def summarize(arch: ArchSpec, info: DataShape, batch_size: int) -> ArchSummary:
         arch=arch.name, family=info.family, input_shape=tuple(info.input_shape), num_classes=info.num_classes,
         batch_size=batch_size, layers=list(rows.values()), total_params=sum(p.numel() for p in params),
         trainable_params=sum(p.numel() for p in trainable), param_bytes=param_bytes, grad_bytes=grad_bytes,
-        optimizer_bytes=2 * grad_bytes, activation_bytes=sum(saved.values()),
+        optimizer_bytes=2 * grad_bytes, activation_bytes=sum(saved.values()), backward_peak_bytes=backward_peak,
     )
+
+
+def _backward_peak(model: nn.Module, x: Tensor, num_classes: int) -> int:
+    """Peak live bytes of a forward pass, the cross-entropy loss and the backward pass, on the meta device."""
+    y = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+    tracker = _LiveBytes()
+    with tracker:
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        grads = [p.grad for p in model.parameters()]  # held until the step, as the optimiser holds them
+    del grads, loss
+    for p in model.parameters():
+        p.grad = None
+    return tracker.peak
 
 
 def _row_hook(name: str, module: nn.Module, rows: dict[str, LayerRow]):  # type: ignore[no-untyped-def]
@@ -136,6 +194,7 @@ def render(summary: ArchSummary) -> str:
         f"  Adam state       {_fmt_bytes(s.optimizer_bytes):>15}",
         f"  saved activations{_fmt_bytes(s.activation_bytes):>15}",
         f"  total            {_fmt_bytes(s.total_bytes):>15}",
+        f"  peak of a step   {_fmt_bytes(s.peak_bytes):>15}  (with Adam state and backward's temporaries)",
     ]
     return "\n".join(lines)
 

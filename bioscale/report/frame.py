@@ -118,11 +118,14 @@ def _record(row: dict[str, Any], flat: dict[str, Any], varying: dict[str, list[s
         rec["planned_epochs"] = row["spec"].train.epochs
     dataset, arch, rule, schedule = names["dataset"], names["arch"], names["rule"], names["schedule"]
     if metrics:  # the metrics are the truth, also for a job that is still running
-        best = min(metrics, key=lambda m: m.test_error)
+        evaluated = [m for m in metrics if m.test_error is not None]  # all of them unless train.eval_every > 1
+        best = min(evaluated, key=lambda m: m.test_error) if evaluated else None
         top5 = [m.top5_error for m in metrics if m.top5_error is not None]
-        rec.update(train_error=min(m.train_error for m in metrics), test_error=best.test_error,
+        train = [m.train_error for m in metrics if m.train_error is not None]
+        rec.update(train_error=min(train) if train else None, test_error=best.test_error if best else None,
                    top5_error=min(top5) if top5 else None, final_test_error=metrics[-1].test_error,
-                   best_epoch=best.epoch, epoch_time_s=statistics.median(m.epoch_time_s for m in metrics))
+                   best_epoch=best.epoch if best else None,
+                   epoch_time_s=statistics.median(m.epoch_time_s for m in metrics))
     if result is not None:
         rec["wall_time_s"] = result.wall_time_s
         rec["error"] = (result.error or "").strip().splitlines()[0] if result.error else None

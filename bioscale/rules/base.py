@@ -114,8 +114,11 @@ class Rule(ABC):
     def begin_epoch(self, epoch: int) -> None:
         """Set learning rates for ``epoch`` (0-based); target rules also pick the alternating phase here."""
         for name, opt in self.optimizers.items():
-            spec = self.inverse_optim if name == "inverse" and self.inverse_optim else self.optim
-            optimisers.set_epoch_lr(opt, spec, epoch)
+            optimisers.set_epoch_lr(opt, self.optim_spec(name), epoch)
+
+    def optim_spec(self, name: str) -> OptimSpec:
+        """The spec of the optimiser called ``name``: ``inverse_optim`` (when given) for "inverse"."""
+        return self.inverse_optim if name == "inverse" and self.inverse_optim else self.optim
 
     def phases(self, epoch: int) -> list[str]:
         """Passes over the training set in ``epoch``. Alternating target rules return ["inverse",
@@ -145,6 +148,7 @@ class Rule(ABC):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for k, o in self.optimizers.items():
             o.load_state_dict(state["optimizers"][k])
+            optimisers.use_impl(o, self.optim_spec(k).impl)  # the spec's, not the checkpoint's
 
 
 class BackwardRule(Rule):

@@ -261,3 +261,42 @@ def test_chunked_rows_give_the_same_results(monkeypatch, in_size, k, s, p):
     y.backward(g)
     torch.testing.assert_close(x.grad, naive_grad_input(g, B, x.shape, s, p))
     torch.testing.assert_close(layer.weight.grad, naive_grad_weight(g, x.detach(), layer.weight.shape, s, p))
+
+
+def _lc_all(x, layer, s, p, B):
+    y = lc2d(x, layer.weight, layer.bias, s, p, backward_weight=B)
+    g = torch.randn(y.shape, dtype=y.dtype, generator=torch.Generator().manual_seed(3))
+    gx, gw, gb = torch.autograd.grad(y, (x, layer.weight, layer.bias), g)
+    return y, gx, gw, gb, g
+
+
+@pytest.mark.parametrize(("in_size", "k", "s", "p"), CASES)
+def test_per_position_path_equals_the_chunked_formula_and_the_reference(monkeypatch, in_size, k, s, p):
+    """The CPU per-position path (gather one patch matrix, torch.mm) against the chunked unfold + bmm path
+    (the formula lc2d used before it, still used for small products and on GPUs) and the naive loops, in
+    float64, with a feedback matrix B so the input gradient cannot be backprop's by accident."""
+    import bioscale.layers.locally_connected as lc_mod
+
+    layer, x = make(in_size, k, s, p)
+    B = torch.randn(layer.weight.shape, dtype=torch.float64)
+    monkeypatch.setattr(lc_mod, "PER_POSITION_MIN", 0)
+    assert lc_mod._per_position(x, layer.out_channels, layer.in_channels)
+    new = _lc_all(x, layer, s, p, B)
+    monkeypatch.setattr(lc_mod, "PER_POSITION_MIN", 2**62)
+    old = _lc_all(x, layer, s, p, B)
+    for a, b in zip(new, old, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    y, gx, gw, gb, g = new
+    torch.testing.assert_close(y, naive_lc(x, layer.weight, layer.bias, s, p))
+    torch.testing.assert_close(gx, naive_grad_input(g, B, x.shape, s, p))
+    torch.testing.assert_close(gw, naive_grad_weight(g, x.detach(), layer.weight.shape, s, p))
+    torch.testing.assert_close(gb, g.sum(0))
+
+
+def test_the_cifar_lc_nets_large_layers_take_the_per_position_path() -> None:
+    import bioscale.layers.locally_connected as lc_mod
+
+    k = lambda c, ks: c * ks * ks  # noqa: E731
+    assert not lc_mod._per_position(torch.empty(128, 3, 1, 1), 64, k(3, 5))  # CIFAR layer 1: tiny products
+    assert lc_mod._per_position(torch.empty(128, 64, 1, 1), 128, k(64, 5))  # layer 2
+    assert lc_mod._per_position(torch.empty(128, 128, 1, 1), 256, k(128, 3))  # layer 3

@@ -1,0 +1,51 @@
+"""Run in a fresh process: peak RSS of training steps of an arch above the RSS once the model, the rule and the
+batch exist (so parameters, the input and torch itself are not counted). Prints JSON. Linux only.
+
+The peak is ``VmHWM`` of /proc/self/status, reset just before the steps (``clear_refs``): ``getrusage``'s
+``ru_maxrss`` would not do, Linux carries the parent's peak across fork and exec into it.
+
+    python tests/models/measure_step_memory.py ARCH FAMILY C H W CLASSES BATCH RULE STEPS
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+
+def _status_kib(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {key} in /proc/self/status")
+
+
+def main() -> None:
+    arch, family, c, h, w, classes, batch, rule_name, steps = sys.argv[1:10]
+    torch.set_num_threads(1)
+    from bioscale.data.base import DataShape
+    from bioscale.models import build_model
+    from bioscale.rules import build_rule
+    from bioscale.spec import JobSpec
+
+    info = DataShape(family, (int(c), int(h), int(w)), int(classes), 1, 1)
+    spec = JobSpec.model_validate({"dataset": "synthetic", "arch": arch, "rule": rule_name,
+                                   "train": {"batch_size": int(batch)}})
+    rule = build_rule(spec)
+    rule.prepare(build_model(spec.arch, info))
+    rule.setup(torch.device("cpu"), False)
+    x = torch.randn(int(batch), int(c), int(h), int(w))
+    y = torch.randint(0, int(classes), (int(batch),))
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
+    base = _status_kib("VmRSS") * 1024
+    for _ in range(int(steps)):
+        rule.train_step(x, y)
+    peak = _status_kib("VmHWM") * 1024
+    print(json.dumps({"base": base, "peak": peak, "step_peak": peak - base}))
+
+
+if __name__ == "__main__":
+    main()
