@@ -159,7 +159,7 @@ def run(
     if slurm is not None:
         slurm.check(planned.todo)  # time limits, GPUs for multi-process jobs: before anything is written
     # datasets, devices (not for jobs that run on Slurm's nodes), results folder: one grouped error (exit 2)
-    preflight(planned, devices=getattr(runner, "runs_here", True))
+    preflight(planned, devices=getattr(runner, "runs_here", True), multi_node=getattr(runner, "multi_node", False))
     damaged = planned.damaged
     for job_id, problems in damaged[:10]:
         err.print(f"damaged: {job_id}: {'; '.join(problems)}. It runs again from its last consistent point "
