@@ -134,8 +134,9 @@ class LocalExecutor(Executor):
                         continue
                     free[:] = [i for i in free if i not in slots]
                     gpus = ",".join(dict.fromkeys(layout[i] for i in slots if layout[i] is not None)) or None
+                    cpus = max(1, _usable_cpus() * len(slots) // len(layout))  # the job's share: auto workers
                     future = pools[layout[slots[0]]].schedule(
-                        _run_in_worker, args=(job, str(store.root), threads, self.lease_timeout, gpus))
+                        _run_in_worker, args=(job, str(store.root), threads, self.lease_timeout, gpus, cpus))
                     running[future] = (job, slots)
                 done, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
                 _drain(events, emit)  # a finished job's events are all queued before its result arrives
@@ -286,7 +287,16 @@ def _watch_parent(parent: int) -> None:
             return
 
 
-def _run_in_worker(job: Job, root: str, threads: int, lease_timeout: float, gpus: str | None) -> JobResult:
+def _usable_cpus() -> int:
+    """The CPUs this process may run on (``bioscale.data.loaders.usable_cpus``, without importing torch)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _run_in_worker(job: Job, root: str, threads: int, lease_timeout: float, gpus: str | None,
+                   cpus: int | None = None) -> JobResult:
     global _IN_JOB
     import torch
 
@@ -295,6 +305,8 @@ def _run_in_worker(job: Job, root: str, threads: int, lease_timeout: float, gpus
     torch.set_num_threads(threads)
     if gpus is not None:  # the GPUs this job's ranks may use (torchrun inherits it), whole GPUs for DDP
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus
+    if cpus is not None:  # this job's share of the cores, which `train.num_workers: auto` divides
+        os.environ["BIOSCALE_JOB_CPUS"] = str(cpus)
     put = _EVENTS.put if _EVENTS is not None else None
     _IN_JOB = True
     try:

@@ -14,6 +14,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     model_validator,
@@ -136,7 +137,10 @@ class TrainSpec(Strict):
     checkpoint: bool = True
     diagnostics_every: int = Field(1, ge=0)
     """Epochs between diagnostics (alignment angles, ...); 0 turns them off."""
-    num_workers: int = Field(4, ge=0)
+    num_workers: NonNegativeInt | Literal["auto"] = "auto"
+    """DataLoader worker processes per rank for file-backed datasets (ImageNet folders, COCO). ``auto``: this
+    process's share of the CPUs it may use, less one, at most 16 (``bioscale.data.loaders.auto_workers``).
+    Where a job runs, not what it computes (augmentation is seeded per image): not part of the job id."""
     distributed: DistributedSpec = added(default_factory=DistributedSpec)
     """Processes the job runs on (``--nproc-per-node``). Part of the job id when it is not one process: per-rank
     batch norm makes the result depend on it."""
