@@ -422,9 +422,21 @@ def test_multi_gpu_jobs_must_ask_slurm_for_their_gpus(tmp_path: Path, tiny_grid:
         SlurmExecutor(SlurmParams(cluster="debug")).check(expand_grid(grid, two_nodes)[1])
 
 
-def test_a_multi_node_job_asks_for_its_nodes_with_one_task_each() -> None:
-    """Slurm: nnodes nodes, one task (one torchrun) per node, the job's GPUs split over the nodes; cluster
-    local: nnodes tasks on this machine (submitit's local executor has one node)."""
+def test_a_multi_node_job_asks_for_its_nodes_with_one_task_each(tmp_path: Path, tiny_grid: dict,
+                                                                fake_slurm: SimpleNamespace) -> None:
+    """Slurm: nnodes nodes, one task (one torchrun) per node, the job's GPUs split over the nodes, in an
+    array of its own; cluster local: nnodes tasks on this machine (submitit's local executor has one node)."""
+    tiny_grid["resources"] = {"gpus_per_job": 8, "time": "24:00:00"}
+    tiny_grid["base"]["train"]["distributed"] = {"nproc_per_node": 8}
+    tiny_grid["overrides"] = [{"where": {"rule.name": "fa"}, "set": {"train.distributed.nnodes": 2,
+                                                                     "resources.gpus_per_job": 16}}]
+    summary = bioscale.run_grid(_grid(tmp_path, tiny_grid), tmp_path / "results",
+                                executor=SlurmExecutor.from_params({}))
+    assert summary.counts == {"pending": 4}
+    lines = {n: {ln for ln in text.splitlines() if ln.startswith("#SBATCH --n") or "gpus-per-node" in ln}
+             for n, text in _scripts(fake_slurm).items()}
+    assert lines == {1001: {"#SBATCH --nodes=1", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=8"},
+                     1002: {"#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=8"}}
     resources = Resources(gpus_per_job=16, cpus_per_task=64, time="1:00:00")
     on_slurm = submitit_parameters(resources, SlurmParams(), "x", nnodes=2)
     assert (on_slurm["nodes"], on_slurm["tasks_per_node"], on_slurm["gpus_per_node"]) == (2, 1, 8)
