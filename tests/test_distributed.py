@@ -459,3 +459,35 @@ def test_a_failing_rank_fails_the_job_with_its_own_error(tmp_path: Path) -> None
     result = json.loads((tmp_path / "res" / "dist" / job_id / "result.json").read_text())
     assert result["status"] == "failed" and "rank 1 broke on purpose" in result["error"], result["error"]
     assert not _ranks_of(tmp_path / "res")
+
+
+def test_in_a_two_rank_imagefolder_job_rank_0_scans_and_rank_1_reads_its_list(tmp_path: Path) -> None:
+    """ImageNet as an ImageFolder tree, 2 ranks: rank 0 leaves its file list in the job's folder for rank 1
+    (which loads after it), and the job trains to the end."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c in ("n01", "n02"):
+            (tmp_path / "data" / split / c).mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (40 + i, 30), (80 * i, 40, 200)).save(tmp_path / "data" / split / c / f"{i}.png")
+    grid = {"name": "folders", "base": {
+        "dataset": {"name": "imagenet", "params": {"root": str(tmp_path / "data"), "preprocess": "bartunov"}},
+        "arch": {"name": "fc", "params": {"hidden": [8]}}, "rule": "fa", "optim": {"name": "sgd", "lr": 0.01},
+        "train": {"epochs": 1, "batch_size": 4, "eval_batch_size": 6, "device": "cpu", "num_workers": 0,
+                  "diagnostics_every": 0}}}
+    path = tmp_path / "folders.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    out = subprocess.run(_cli(tmp_path / "res", path, "--nproc-per-node", "2"), env=ENV, cwd=REPO, timeout=300,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    (jdir,) = (tmp_path / "res" / "folders").iterdir()
+    assert json.loads((jdir / "result.json").read_text())["status"] == "done"
+    import gzip
+
+    from bioscale.data.imagenet import FILE_LIST
+
+    with gzip.open(jdir / FILE_LIST, "rt") as f:
+        listed = json.load(f)
+    assert listed["root"] == str((tmp_path / "data").resolve()) and listed["run"]
+    assert len(listed["splits"]["train"]["samples"]) == 6 and listed["splits"]["val"]["classes"] == ["n01", "n02"]
