@@ -26,7 +26,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from submitit.helpers import Checkpointable
 
@@ -35,6 +35,9 @@ from bioscale.interrupts import Interrupted
 from bioscale.job import Job
 from bioscale.spec import JobResult
 from bioscale.store import Store
+
+if TYPE_CHECKING:
+    from bioscale.distributed import Node
 
 
 class JobTask(Checkpointable):
@@ -53,6 +56,7 @@ class JobTask(Checkpointable):
             run_job = _job_runner()
             if plugins:
                 load_plugins(list(plugins))
+            node = node_of(job)  # this task's node of a multi-node job (None: one node)
             threads = threads or _slurm_cpus()
             previous_threads = torch.get_num_threads()
             if threads:
@@ -61,7 +65,6 @@ class JobTask(Checkpointable):
             return _record(job, root, lease_timeout, "failed", f"the task could not start: {type(exc).__name__}: "
                            f"{exc}")
         try:
-            node = node_of(job)
             with _stop_signals() as requeue:
                 try:
                     if node is not None:
@@ -151,7 +154,7 @@ RDZV_PORTS = (20000, 32000)
 every node computes the same one without talking; ``BIOSCALE_RDZV_PORT`` sets it instead."""
 
 
-def node_of(job: Job) -> Any:
+def node_of(job: Job) -> Node | None:
     """This task's ``bioscale.distributed.Node`` for a job over several nodes (None for one node), from
     submitit's ``JobEnvironment``: Slurm's node list and node id (``SLURM_JOB_NODELIST``, ``SLURM_NODEID``),
     or, for ``cluster: local``, the task's rank among the job's tasks, each task standing for one node."""
