@@ -117,8 +117,8 @@ class DistributedSpec(Strict):
     nproc_per_node: PositiveInt = 1
     """Processes per node: one per GPU (on the CPU, gloo processes that share the cores)."""
     nnodes: PositiveInt = 1
-    """Nodes. More than one (one torchrun per node in a multi-node allocation) is not supported yet: preflight
-    refuses it."""
+    """Nodes. More than one runs under the slurm executor only: one task per node of the allocation, each
+    starting torchrun for its node at a shared c10d rendezvous (``bioscale.slurm_task.node_of``)."""
     sync_bn: bool = False
     """Batch norm over the global batch (``GlobalBatchNorm``). Default: each rank normalises its own part of
     the batch, as Xiao et al.'s DataParallel code does per GPU."""
