@@ -11,8 +11,9 @@ smooth content plus grain so files are ImageNet-like in size and decode cost), c
    on the CPU); then the collate a worker does (one stack of a batch into shared memory), float32 against
    uint8. Median per image over interleaved rounds.
 2. bioscale's training loader: ``imagenet.load(ImageNetParams(root, preprocess="xiao"), LoaderSettings(...,
-   num_workers=W))`` -> ``bundle.train`` (a ``DeviceDataLoader``: DataLoader workers, persistent), iterated to
-   the end on the CPU device (so no pinned memory), for each W in ``--workers``. The first epoch of a fresh
+   num_workers=W))`` -> ``bundle.train`` (a ``DeviceDataLoader``: DataLoader workers, persistent, handing over
+   uint8 crops that ``imagenet.ToFloat`` normalises in the main process, the "device"), iterated to the end on
+   the CPU device (so no pinned memory), for each W in ``--workers``. The first epoch of a fresh
    loader (worker start-up included; a new loader per round) is timed apart from later epochs of one loader
    (persistent workers, ``set_epoch`` between epochs). Rounds interleave the worker counts; medians.
 
@@ -37,7 +38,7 @@ import numpy as np
 import torch
 
 from bioscale.data import LoaderSettings, imagenet
-from bioscale.data.loaders import SeededDataset
+from bioscale.data.loaders import MAX_AUTO_WORKERS, SeededDataset, resolve_workers
 from bioscale.spec import TrainSpec
 
 # Training rates (images/s per GPU) to size the workers against. ASSUMED, not measured here: roughly the
@@ -234,7 +235,7 @@ def main() -> None:
     per_image = full + decode["collate into shm, float32 (per img)"]
     per_image_u8 = decode["crop -> uint8 (PILToTensor)"] + decode["collate into shm, uint8 (per img)"]
     per_worker = rates[1]["steady"] if 1 in rates else 1 / per_image
-    default = TrainSpec().num_workers
+    default = max(1, resolve_workers(TrainSpec().num_workers))
     print(f"\nworkers one GPU needs (one free core each) at {per_worker:.0f} img/s per worker "
           f"(measured, 1 worker; transform + collate in this process: {1 / per_image:.0f}/s)")
     print(f"{'GPU trains at (ASSUMED) img/s':>30s} {'workers needed':>15s} "
@@ -243,15 +244,17 @@ def main() -> None:
         need = math.ceil(g / per_worker)
         print(f"{g:30.0f} {need:15d} {min(1.0, default * per_worker / g):17.0%} {min(1.0, 8 * per_worker / g):15.0%}")
     print(f"(last two columns: share of the assumed GPU rate the workers can feed, if each has a core of this "
-          f"machine's speed; TrainSpec.num_workers = {default} per job, which is one GPU or one DDP rank)")
+          f"machine's speed; TrainSpec.num_workers = {TrainSpec().num_workers!r} = {default} per job here, which is "
+          f"one GPU or one DDP rank: auto_workers() = min({MAX_AUTO_WORKERS}, CPUs of the rank - 1))")
     print(f"default {default} workers feed about {default * per_worker:.0f} img/s per GPU, the grid's 8 about "
           f"{8 * per_worker:.0f} img/s. The xiao train transform costs {full * 1e3:.2f} ms/image on one core: "
           f"JPEG decode {decode['read_rgb (open + decode + RGB)'] / full:.0%}, crop + flip "
           f"{(decode['  + RandomResizedCrop + flip'] - decode['read_rgb (open + decode + RGB)']) / full:.0%}, "
           f"ToTensor + Normalize {(full - decode['  + RandomResizedCrop + flip']) / full:.0%}; collating float32 "
-          f"adds {decode['collate into shm, float32 (per img)'] * 1e3:.2f} ms. Handing over uint8 crops (normalised "
-          f"on the GPU) would take {per_image_u8 * 1e3:.2f} instead of {per_image * 1e3:.2f} ms/image "
-          f"({per_image / per_image_u8:.2f}x the images/s per worker, 1/4 of the shared and pinned memory).")
+          f"adds {decode['collate into shm, float32 (per img)'] * 1e3:.2f} ms. The loader hands over uint8 crops "
+          f"(ToFloat normalises on the device): {per_image_u8 * 1e3:.2f} instead of {per_image * 1e3:.2f} "
+          f"ms/image in a worker ({per_image / per_image_u8:.2f}x the images/s per worker, 1/4 of the shared and "
+          "pinned memory).")
 
 
 if __name__ == "__main__":

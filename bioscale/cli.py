@@ -198,7 +198,7 @@ def run(
     if slurm is not None:
         slurm.check(checked.todo)  # time limits, GPUs for multi-process jobs: before anything is written
     # datasets, devices (not for jobs that run on Slurm's nodes), results folder: one grouped error (exit 2)
-    preflight(checked, devices=getattr(runner, "runs_here", True))
+    preflight(checked, devices=getattr(runner, "runs_here", True), multi_node=getattr(runner, "multi_node", False))
     if force:
         planned = _force(planned, bool(where or only), lease_timeout)
     damaged = planned.damaged

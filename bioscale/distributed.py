@@ -163,11 +163,23 @@ class Group:
 
 
 _GROUP: Group | None = None
+_JOB_DIR: dict[str, Path] = {}
 
 
 def current() -> Group | None:
     """This process's group when it is a rank of a distributed job (``init_from_env`` ran), else None."""
     return _GROUP
+
+
+def set_job_dir(path: Path) -> None:
+    """The job's directory, which every rank of every node sees (``bioscale.worker`` sets it)."""
+    _JOB_DIR["path"] = Path(path)
+
+
+def job_dir() -> Path | None:
+    """The running distributed job's directory (None outside a rank): where rank 0 leaves what the other
+    ranks read instead of computing it again (e.g. the ImageFolder file list, ``bioscale.data.imagenet``)."""
+    return _JOB_DIR.get("path") if _GROUP is not None else None
 
 
 def init_from_env(device: str = "auto") -> Group:
@@ -396,12 +408,32 @@ def shard_bundle(data: Any, group: Group) -> Any:
 # ---- launching -------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Node:
+    """This launcher's place in a job over several nodes: one torchrun per node, all meeting at a c10d
+    rendezvous (``bioscale.slurm_task.node_of`` computes it from the Slurm allocation)."""
+
+    rank: int
+    """This node's index, 0 .. nnodes - 1 (the rendezvous assigns the ranks; node 0 hosts it)."""
+    nnodes: int
+    endpoint: str
+    """host:port of the rendezvous (a TCPStore on the allocation's first node)."""
+    rdzv_id: str
+    """The same on every node of one run, and new for each run (a requeued job meets afresh)."""
+
+    @property
+    def log_name(self) -> str:
+        """Each node's own torchrun log in the job's directory (node 0: ``torchrun.log``)."""
+        return LOG_NAME if self.rank == 0 else LOG_NAME.replace(".log", f".node{self.rank}.log")
+
+
 def run_job(job: Job, store: Store, on_progress: EventHandler | None = None,
-            lease_timeout: float = DEFAULT_TIMEOUT_S) -> JobResult:
+            lease_timeout: float = DEFAULT_TIMEOUT_S, node: Node | None = None) -> JobResult:
     """What the executors call for each job: ``bioscale.train.run_job`` in this process, or, when the job asks
-    for more than one process (and this process is not already one of its ranks), ``launch``."""
+    for more than one process (and this process is not already one of its ranks), ``launch`` (on ``node`` of a
+    multi-node job)."""
     if world_size(job.spec) > 1 and current() is None:
-        return launch(job, store, on_progress, lease_timeout)
+        return launch(job, store, on_progress, lease_timeout, node)
     from bioscale.train import run_job as run_here
 
     return run_here(job, store, on_progress, lease_timeout)
@@ -416,12 +448,14 @@ def job_payload(job: Job) -> dict[str, Any]:
 
 def torchrun_command(job_file: str | Path, results: str | Path, *, nproc_per_node: int, nnodes: int = 1,
                      rdzv_endpoint: str | None = None, rdzv_id: str | None = None, node_rank: int | None = None,
-                     result_out: str | Path | None = None, events: str | Path | None = None,
+                     is_host: bool | None = None, result_out: str | Path | None = None,
+                     events: str | Path | None = None,
                      plugins: list[str] | tuple[str, ...] = (), launcher_pid: int | None = None,
                      lease_timeout: float = DEFAULT_TIMEOUT_S) -> list[str]:
     """The ``torch.distributed.run`` command line for one node of a job. One node: ``--standalone`` (a free
     local port). Several nodes (inside a Slurm allocation: one launcher per node): a c10d rendezvous at
-    ``rdzv_endpoint`` (host:port of the first node) under ``rdzv_id`` (e.g. the Slurm job id)."""
+    ``rdzv_endpoint`` (host:port of the first node) under ``rdzv_id`` (e.g. the Slurm job id); ``is_host`` says
+    whether this node serves the rendezvous store (default: torchrun guesses from the host name)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nnodes}", f"--nproc-per-node={nproc_per_node}",
            "--max-restarts=0"]
     if nnodes == 1 and rdzv_endpoint is None:
@@ -432,6 +466,8 @@ def torchrun_command(job_file: str | Path, results: str | Path, *, nproc_per_nod
         cmd += ["--rdzv-backend=c10d", f"--rdzv-endpoint={rdzv_endpoint}", f"--rdzv-id={rdzv_id or 'bioscale'}"]
         if node_rank is not None:
             cmd.append(f"--node-rank={node_rank}")
+        if is_host is not None:
+            cmd.append(f"--rdzv-conf=is_host={str(is_host).lower()}")
     cmd += ["-m", "bioscale.worker", str(job_file), str(results), f"--lease-timeout={lease_timeout}"]
     if result_out is not None:
         cmd += ["--result-out", str(result_out)]
@@ -450,8 +486,13 @@ gives its workers 30 s after SIGTERM) before it kills what is left."""
 
 
 def launch(job: Job, store: Store, on_progress: EventHandler | None = None,
-           lease_timeout: float = DEFAULT_TIMEOUT_S) -> JobResult:
+           lease_timeout: float = DEFAULT_TIMEOUT_S, node: Node | None = None) -> JobResult:
     """Run ``job`` on this node as ``nproc_per_node`` ranks under torchrun, wait, and return its result.
+
+    A job over several nodes (``nnodes`` > 1) needs ``node``: every node's launcher starts torchrun with the
+    same c10d rendezvous, and the ranks of all nodes form one process group. Global rank 0 may land on any
+    node; it writes the store (a file system every node sees, as for the checkpoints every rank resumes
+    from), and the launcher of every other node returns the result rank 0 recorded there.
 
     The ranks claim, train and record the job themselves (rank 0 writes); this process forwards rank 0's
     progress to ``on_progress``, and on ``Interrupted`` (Ctrl-C, SIGTERM) stops them (they record the job as
@@ -465,22 +506,27 @@ def launch(job: Job, store: Store, on_progress: EventHandler | None = None,
 
     d = job.spec.train.distributed
     jdir = store.job_dir(job.grid, job.job_id)
-    if d.nnodes > 1:
+    if d.nnodes > 1 and (node is None or node.nnodes != d.nnodes):
         return _record_failure(job, store, (
             f"train.distributed.nnodes={d.nnodes}: a job over several nodes needs one torchrun per node, which "
             "the slurm executor starts inside its allocation; the inline and local executors run one node "
-            "(nnodes: 1). Use --executor slurm, or start `bioscale.distributed.torchrun_command(...)` on each "
-            "node yourself."))
+            "(nnodes: 1). Use --executor slurm (or `executor: {name: slurm, params: {cluster: local}}` to try "
+            "it on this machine), or start `bioscale.distributed.torchrun_command(...)` on each node yourself."
+            + (f" (This launcher was told of {node.nnodes} nodes.)" if node is not None else "")))
     jdir.path.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bioscale-dist-") as tmp:
         job_file, result_out, events = Path(tmp, "job.json"), Path(tmp, "result.json"), Path(tmp, "events.jsonl")
         job_file.write_text(json.dumps(job_payload(job)), encoding="utf-8")
+        rdzv: dict[str, Any] = {}
+        if node is not None and d.nnodes > 1:
+            rdzv = {"nnodes": d.nnodes, "rdzv_endpoint": node.endpoint, "rdzv_id": node.rdzv_id,
+                    "node_rank": node.rank, "is_host": node.rank == 0}
         cmd = torchrun_command(job_file, store.root.resolve(), nproc_per_node=d.nproc_per_node,
                                result_out=result_out, events=events, plugins=plugins(), launcher_pid=os.getpid(),
-                               lease_timeout=lease_timeout)
+                               lease_timeout=lease_timeout, **rdzv)
         env = dict(os.environ)
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // d.nproc_per_node)))
-        log_path = jdir.path / LOG_NAME
+        log_path = jdir.path / (node.log_name if rdzv and node is not None else LOG_NAME)
         with open(log_path, "ab") as log:
             log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()}: {' '.join(cmd)}\n".encode())
             log.flush()
@@ -496,7 +542,7 @@ def launch(job: Job, store: Store, on_progress: EventHandler | None = None,
             pump()
             raise
         pump()
-        return _settle(job, store, proc.returncode, result_out, log_path)
+        return _settle(job, store, proc.returncode, result_out, log_path, elsewhere=bool(rdzv))
 
 
 class _EventPump:
@@ -535,14 +581,20 @@ def _stop(proc: subprocess.Popen, sig: int) -> None:
         proc.wait()
 
 
-def _settle(job: Job, store: Store, returncode: int, result_out: Path, log_path: Path) -> JobResult:
+def _settle(job: Job, store: Store, returncode: int, result_out: Path, log_path: Path,
+            elsewhere: bool = False) -> JobResult:
     """The job's result once torchrun has exited: rank 0's, unless a rank failed before rank 0 could record a
-    final outcome; then ``failed``, with torchrun's account of the first failure (the root cause)."""
+    final outcome; then ``failed``, with torchrun's account of the first failure (the root cause).
+    ``elsewhere``: rank 0 may run on another node (multi-node), and its result is then read from the store."""
     from bioscale.spec import JobResult
 
     result = None
     with contextlib.suppress(OSError, ValueError):
         result = JobResult.model_validate_json(result_out.read_bytes())
+    if result is None and elsewhere and returncode == 0:  # this node's ranks finished with rank 0's outcome
+        recorded = store.job_dir(job.grid, job.job_id).read_result()
+        if recorded is not None:
+            return recorded
     if result is not None and (returncode == 0 or result.status in ("done", "diverged", "running", "failed")):
         return result
     where = f"a rank of this distributed job stopped (torchrun exit code {returncode})"
@@ -588,6 +640,6 @@ def describe(spec: JobSpec) -> str:
             f"{'global' if d.sync_bn else 'per-rank'} batch norm")
 
 
-__all__ = ["GradientSync", "Group", "PeerLost", "ReplicaMismatch", "broadcast_norm_buffers", "check_replicas",
+__all__ = ["GradientSync", "Group", "Node", "PeerLost", "ReplicaMismatch", "broadcast_norm_buffers", "check_replicas",
            "convert_sync_batchnorm", "current", "init_from_env", "launch", "run_job", "set_step_shard",
            "shard_bundle", "shutdown", "torchrun_command", "world_size"]

@@ -132,8 +132,10 @@ class LocalExecutor(Executor):
                         continue
                     free[:] = [i for i in free if i not in slots]
                     gpus = ",".join(dict.fromkeys(layout[i] for i in slots if layout[i] is not None)) or None
+                    # the job's share of the cores: what `num_workers: auto` divides
+                    cpus = max(1, cpu_threads.cpus_available() * len(slots) // len(layout))
                     future = pools[layout[slots[0]]].schedule(
-                        _run_in_worker, args=(job, str(store.root), budget, self.lease_timeout, gpus))
+                        _run_in_worker, args=(job, str(store.root), budget, self.lease_timeout, gpus, cpus))
                     running[future] = (job, slots)
                 done, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
                 _drain(events, emit)  # a finished job's events are all queued before its result arrives
@@ -285,13 +287,15 @@ def _watch_parent(parent: int) -> None:
 
 
 def _run_in_worker(job: Job, root: str, budget: cpu_threads.Budget, lease_timeout: float,
-                   gpus: str | None) -> JobResult:
+                   gpus: str | None, cpus: int | None = None) -> JobResult:
     global _IN_JOB
     from bioscale.distributed import run_job  # one process, or torchrun for a DDP job
 
     cpu_threads.set_budget(budget)
     if gpus is not None:  # the GPUs this job's ranks may use (torchrun inherits it), whole GPUs for DDP
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus
+    if cpus is not None:  # this job's share of the cores, which `train.num_workers: auto` divides
+        os.environ["BIOSCALE_JOB_CPUS"] = str(cpus)
     put = _EVENTS.put if _EVENTS is not None else None
     _IN_JOB = True
     try:

@@ -45,22 +45,24 @@ class PreflightError(BioscaleError):
         self.problems = problems
 
 
-def preflight(planned: Plan, *, devices: bool = True) -> None:
+def preflight(planned: Plan, *, devices: bool = True, multi_node: bool = False) -> None:
     """Raise ``PreflightError`` if a job of ``planned`` still to run cannot start here: its dataset is not
     found (and may not be downloaded), its ``train.device`` is not on this machine (``devices=False`` skips
     that, for an executor that runs jobs elsewhere), a log sink's package is not installed, or the results
-    folder cannot be written. Writes nothing that stays, and starts nothing."""
-    problems = find_problems(planned.todo, planned.results_dir, all_jobs=planned.jobs, devices=devices)
+    folder cannot be written. Writes nothing that stays, and starts nothing. ``multi_node``: the executor runs
+    jobs over several nodes (slurm)."""
+    problems = find_problems(planned.todo, planned.results_dir, all_jobs=planned.jobs, devices=devices,
+                             multi_node=multi_node)
     if problems:
         raise PreflightError(describe(problems, len(planned.jobs)), problems)
 
 
 def find_problems(todo: Sequence[Job], results_dir: Path, *, all_jobs: Sequence[Job] | None = None,
-                  devices: bool = True) -> list[Problem]:
+                  devices: bool = True, multi_node: bool = False) -> list[Problem]:
     """Every problem, each once with the jobs it affects (a results folder problem affects ``all_jobs``:
     the run records every job's spec, finished or not)."""
     found: dict[str, list[Job]] = {}
-    checks: list[Iterable[tuple[str, list[Job]]]] = [_dataset_problems(todo), _node_problems(todo),
+    checks: list[Iterable[tuple[str, list[Job]]]] = [_dataset_problems(todo), _node_problems(todo, multi_node),
                                                      _logging_problems(todo)]
     if devices:
         checks.append(_device_problems(todo))
@@ -108,12 +110,16 @@ def _dataset_problems(jobs: Sequence[Job]) -> Iterable[tuple[str, list[Job]]]:
             yield message, group
 
 
-def _node_problems(jobs: Sequence[Job]) -> Iterable[tuple[str, list[Job]]]:
-    """One job over several nodes needs one torchrun per node in a multi-node allocation: not built yet."""
+def _node_problems(jobs: Sequence[Job], multi_node: bool) -> Iterable[tuple[str, list[Job]]]:
+    """One job over several nodes needs one torchrun per node in a multi-node allocation, which only the
+    slurm executor starts (``bioscale.slurm_task``)."""
     several = [job for job in jobs if job.spec.train.distributed.nnodes > 1]
-    if several:
-        yield ("train.distributed.nnodes > 1 (one job over several nodes) is not supported yet: each job runs "
-               "on one node, with train.distributed.nproc_per_node processes (one per GPU). Set nnodes to 1."), several
+    if several and not multi_node:
+        yield ("train.distributed.nnodes > 1 (one job over several nodes) runs only under the slurm executor, "
+               "which starts one torchrun on each node of a Slurm allocation: use --executor slurm (with "
+               "--gpus-per-job = nnodes x nproc_per_node), or `executor: {name: slurm, params: {cluster: local}}` "
+               "to run the nodes as tasks on this machine. The inline and local executors run a job on one node: "
+               "set nnodes to 1 there."), several
 
 
 def _logging_problems(jobs: Sequence[Job]) -> Iterable[tuple[str, list[Job]]]:

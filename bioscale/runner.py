@@ -262,7 +262,8 @@ def run_grid(grid: str | Path | GridSpec, results: str | Path = DEFAULT_RESULTS,
     if preflight:
         from bioscale.preflight import preflight as check
 
-        check(planned, devices=getattr(runner, "runs_here", True))  # a Slurm job's GPU is not on this machine
+        check(planned, devices=getattr(runner, "runs_here", True),  # a Slurm job's GPU is not on this machine
+              multi_node=getattr(runner, "multi_node", False))
     if force:
         from bioscale.force import force_finished
 

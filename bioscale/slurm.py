@@ -206,15 +206,22 @@ class Queue:
 
 
 # -- mapping resources to submitit ---------------------------------------------------------------------
-def submitit_parameters(resources: Resources | None, params: SlurmParams, name: str) -> dict[str, Any]:
+def submitit_parameters(resources: Resources | None, params: SlurmParams, name: str,
+                        nnodes: int = 1) -> dict[str, Any]:
     """What ``AutoExecutor.update_parameters`` receives for one array: submitit's generic names where it has
-    them (translated for each cluster), ``slurm_*`` for the rest (ignored by the local and debug clusters)."""
+    them (translated for each cluster), ``slurm_*`` for the rest (ignored by the local and debug clusters).
+
+    A job over ``nnodes`` nodes asks Slurm for ``nnodes`` nodes with one task each (each task starts torchrun
+    for its node, ``bioscale.slurm_task``), ``cpus_per_task`` CPUs and ``gpus_per_job / nnodes`` GPUs on every
+    node; cluster local runs ``nnodes`` tasks on this machine instead (submitit's local executor has one
+    node)."""
     r = resources or Resources()
-    out: dict[str, Any] = {"name": name, "nodes": 1, "tasks_per_node": 1,
+    local = params.cluster != "slurm"
+    out: dict[str, Any] = {"name": name, "nodes": 1 if local else nnodes, "tasks_per_node": nnodes if local else 1,
                            "timeout_min": r.minutes or Resources(time=LOCAL_DEFAULT_TIME).minutes,
                            "slurm_signal_delay_s": params.signal_delay_s}
     if r.gpus_per_job:
-        out["gpus_per_node"] = r.gpus_per_job
+        out["gpus_per_node"] = r.gpus_per_job if local else max(1, r.gpus_per_job // nnodes)
     optional = {"cpus_per_task": r.cpus_per_task, "mem_gb": r.mem, "slurm_partition": r.partition,
                 "slurm_account": r.account, "slurm_qos": r.qos, "slurm_additional_parameters": dict(r.sbatch) or None,
                 "slurm_setup": list(r.setup) or None, "slurm_array_parallelism": params.array_parallelism}
@@ -336,6 +343,11 @@ class SlurmExecutor(Executor):
         return self.cluster != "slurm"
 
     @property
+    def multi_node(self) -> bool:
+        """Jobs over several nodes run here: one torchrun per node (task) of the allocation."""
+        return True
+
+    @property
     def waits(self) -> bool:
         return self.params.wait or self.cluster == "debug"
 
@@ -345,15 +357,27 @@ class SlurmExecutor(Executor):
 
     def check(self, jobs: Sequence[Job]) -> None:
         """Problems with the jobs' resources that would only show at sbatch time (or on the nodes)."""
-        multi = [j for j in jobs if getattr(getattr(j.spec.train, "distributed", None), "nnodes", 1) > 1]
-        if multi:
+        multi = [j for j in jobs if _nodes(j) > 1]
+        if multi and self.cluster == "debug":
             raise BioscaleError(
-                f"{len(multi)} job(s) ask for train.distributed.nnodes > 1 (first: {multi[0].label}). The slurm "
-                "executor runs each job on one node (torchrun with nproc_per_node processes); one torchrun per "
-                "node inside a multi-node allocation is not supported yet. Use nnodes: 1 with nproc_per_node up "
-                "to the GPUs of one node, and resources.gpus_per_job: the same number.")
+                f"{len(multi)} job(s) ask for train.distributed.nnodes > 1 (first: {multi[0].label}), and cluster "
+                "debug runs every task in this process, one after another: the nodes could never meet. Use "
+                "cluster local (each node a task on this machine) or slurm.")
         if self.cluster == "slurm":
-            short = [j for j in jobs if j.spec.train.device != "cpu" and _processes(j) > 1 and
+            uneven = [j for j in multi if j.spec.train.device != "cpu" and
+                      (_gpus(j) % _nodes(j) or _gpus(j) // _nodes(j) < _processes(j))]
+            if uneven:
+                job = uneven[0]
+                want = _nodes(job) * _processes(job)
+                raise BioscaleError(
+                    f"{len(uneven)} job(s) run on {_nodes(job)} nodes x {_processes(job)} processes "
+                    f"(train.distributed; first: {job.label}), so they need {want} GPUs in all "
+                    f"({_processes(job)} on each node), but ask for resources.gpus_per_job: "
+                    f"{job.resources.gpus_per_job if job.resources else None}. Set --gpus-per-job {want} (the "
+                    "job's total, a multiple of nnodes: Slurm gets --gpus-per-node with each node's share), or "
+                    "train.device=cpu.")
+        if self.cluster == "slurm":
+            short = [j for j in jobs if j.spec.train.device != "cpu" and _processes(j) > 1 and _nodes(j) == 1 and
                      ((j.resources.gpus_per_job if j.resources else None) or 0) < _processes(j)]
             if short:
                 job = short[0]
@@ -383,10 +407,10 @@ class SlurmExecutor(Executor):
         folder = (store.root / grid / SUBMITIT_DIR / f"{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}")
         folder = folder.absolute()
         groups: dict[str, list[Job]] = {}
-        for job in jobs:
-            key = job.resources.model_dump_json() if job.resources is not None else ""
+        for job in jobs:  # one array per resource set and node count (an array's tasks all look alike)
+            key = (job.resources.model_dump_json() if job.resources is not None else "") + f"|{_nodes(job)}"
             groups.setdefault(key, []).append(job)
-        executors = [(self._submitit_executor(submitit, folder, group[0].resources, grid), group)
+        executors = [(self._submitit_executor(submitit, folder, group[0].resources, grid, _nodes(group[0])), group)
                      for group in groups.values()]  # every group's parameters checked before any submission
         tracked: list[Tracked] = []
         waves: list[tuple[Any, list[Job], ArraySubmission]] = []
@@ -416,13 +440,14 @@ class SlurmExecutor(Executor):
             exc.message = self._stopped_message(exc, tracked, waves, store)
             raise
 
-    def _submitit_executor(self, submitit: Any, folder: Path, resources: Resources | None, grid: str) -> Any:
+    def _submitit_executor(self, submitit: Any, folder: Path, resources: Resources | None, grid: str,
+                           nnodes: int = 1) -> Any:
         kwargs: dict[str, Any] = {}
         if self.cluster in ("slurm", "local"):
             kwargs[f"{self.cluster}_max_num_timeout"] = self.params.max_timeouts
             if self.params.python:
                 kwargs[f"{self.cluster}_python"] = self.params.python
-        parameters = submitit_parameters(resources, self.params, f"bioscale-{grid}")
+        parameters = submitit_parameters(resources, self.params, f"bioscale-{grid}", nnodes)
         try:
             executor = submitit.AutoExecutor(folder=folder, cluster=self.cluster, **kwargs)
             executor.update_parameters(**parameters)
@@ -623,6 +648,16 @@ class SlurmExecutor(Executor):
             more = ", ..." if len(self.already_queued) > 8 else ""
             lines.append(f"{len(self.already_queued)} job(s) already queued or running, left alone: {ids}{more}")
         return lines
+
+
+def _gpus(job: Job) -> int:
+    """``resources.gpus_per_job`` (0 when unset)."""
+    return (job.resources.gpus_per_job if job.resources else None) or 0
+
+
+def _nodes(job: Job) -> int:
+    """Nodes the job runs on (``train.distributed.nnodes``)."""
+    return int(getattr(getattr(job.spec.train, "distributed", None), "nnodes", 1) or 1)
 
 
 def _processes(job: Job) -> int:

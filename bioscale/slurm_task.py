@@ -8,17 +8,25 @@ SIGTERM that submitit ignores). The task then stops the running epoch the way a 
 released), and only then hands over to submitit's own handler, which calls ``checkpoint()``, requeues the
 same call and exits. The requeued task claims the job at once (the lease is free) and resumes from its last
 finished epoch under the same job id, on any node.
+
+A job over several nodes (``train.distributed.nnodes`` = M) is one Slurm job of M nodes with one task per
+node (``--nodes=M --ntasks-per-node=1``). Each task starts torchrun for its node (``node_of``): a c10d
+rendezvous served by the allocation's first node, under an id made of the bioscale job id, the Slurm job
+id and ``SLURM_RESTART_COUNT``, so a requeued job meets at a fresh rendezvous. Only task 0 requeues (submitit:
+Slurm then requeues the whole allocation). ``cluster: local`` runs the M "nodes" as M tasks on this machine,
+meeting on 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from submitit.helpers import Checkpointable
 
@@ -28,6 +36,9 @@ from bioscale.interrupts import Interrupted
 from bioscale.job import Job
 from bioscale.spec import JobResult
 from bioscale.store import Store
+
+if TYPE_CHECKING:
+    from bioscale.distributed import Node
 
 
 class JobTask(Checkpointable):
@@ -45,6 +56,7 @@ class JobTask(Checkpointable):
             run_job = _job_runner()
             if plugins:
                 load_plugins(list(plugins))
+            node = node_of(job)  # this task's node of a multi-node job (None: one node)
             # the task's CPUs bound the job's threads, chosen per job (bioscale.threads): a requeued run
             # computes with the same number
             budget.enter_context(cpu_threads.budget(cpu_threads.share(1, cpus_per_task=threads or _slurm_cpus())))
@@ -53,6 +65,8 @@ class JobTask(Checkpointable):
                            f"{exc}")
         with budget, _stop_signals() as requeue:
             try:
+                if node is not None:
+                    return run_job(job, Store(root), None, lease_timeout, node)
                 return run_job(job, Store(root), None, lease_timeout)
             except Interrupted as exc:  # the job is recorded as pending and its lease released
                 if requeue is None:  # in-process (debug): the caller's own interrupt, let it through
@@ -114,6 +128,9 @@ def _requeue(job: Job, root: str, lease_timeout: float, requeue: _Requeue) -> No
     requeue (timed out too often, ``scontrol requeue`` failed), the job is recorded as failed, saying why."""
     done = _epochs(job, root)
     name = signal.Signals(requeue.signum).name
+    if _task_rank() != 0:  # submitit requeues from task 0 only (the whole allocation); this task just stops
+        requeue.handler(requeue.signum, None)
+        return
     _record(job, root, lease_timeout, "pending",
             f"stopped by {name} (Slurm preemption or time limit) after {done} of {job.spec.train.epochs} epochs "
             f"(all saved); submitit requeued it, and it resumes from epoch {done}")
@@ -125,6 +142,55 @@ def _requeue(job: Job, root: str, lease_timeout: float, requeue: _Requeue) -> No
                 f"{exc}. Raise resources.time (--time) or the executor's max_timeouts, then run `bioscale run` "
                 "again: it resumes from the last finished epoch.")
         raise
+
+
+RDZV_PORTS = (20000, 32000)
+"""The rendezvous port is picked in this range (below Linux's ephemeral ports) from the rendezvous id, so
+every node computes the same one without talking; ``BIOSCALE_RDZV_PORT`` sets it instead."""
+
+
+def node_of(job: Job) -> Node | None:
+    """This task's ``bioscale.distributed.Node`` for a job over several nodes (None for one node), from
+    submitit's ``JobEnvironment``: Slurm's node list and node id (``SLURM_JOB_NODELIST``, ``SLURM_NODEID``),
+    or, for ``cluster: local``, the task's rank among the job's tasks, each task standing for one node."""
+    from submitit import JobEnvironment
+
+    from bioscale.distributed import Node
+    from bioscale.errors import BioscaleError
+
+    nnodes = job.spec.train.distributed.nnodes
+    if nnodes <= 1:
+        return None
+    env = JobEnvironment()
+    if env.cluster == "slurm":
+        rank, count, hosts = env.node, env.num_nodes, list(env.hostnames)
+        restarts = os.environ.get("SLURM_RESTART_COUNT", "0") or "0"
+    else:  # submitit's local executor: one machine, one task per simulated node
+        rank, count, hosts, restarts = env.global_rank, env.num_tasks, ["127.0.0.1"], "0"
+        per = job.spec.train.distributed.nproc_per_node
+        visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+        if len(visible) >= count * per:  # each simulated node its own GPUs, as on a cluster
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(visible[rank * per:(rank + 1) * per])
+    if count != nnodes or not 0 <= rank < nnodes or not hosts:
+        raise BioscaleError(
+            f"the job asks for train.distributed.nnodes={nnodes} but its {env.cluster} allocation has {count} "
+            f"node(s) (this is node {rank}; nodes {','.join(hosts) or '?'}): submit it with `bioscale run "
+            "--executor slurm`, which asks for one task on each of nnodes nodes.")
+    rdzv_id = f"{job.job_id}-{env.job_id}-{restarts}"
+    port = os.environ.get("BIOSCALE_RDZV_PORT", "")
+    if not port.isdigit():
+        low, high = RDZV_PORTS
+        port = str(low + int(hashlib.blake2b(rdzv_id.encode(), digest_size=8).hexdigest(), 16) % (high - low))
+    return Node(rank=rank, nnodes=nnodes, endpoint=f"{hosts[0]}:{port}", rdzv_id=rdzv_id)
+
+
+def _task_rank() -> int:
+    """This task's rank among its job's tasks (0 outside submitit)."""
+    with contextlib.suppress(Exception):
+        from submitit import JobEnvironment
+
+        return int(JobEnvironment().global_rank)
+    return 0
 
 
 def _job_runner() -> Callable[..., JobResult]:

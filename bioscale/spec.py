@@ -15,6 +15,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     model_validator,
@@ -123,8 +124,8 @@ class DistributedSpec(Strict):
     nproc_per_node: PositiveInt = 1
     """Processes per node: one per GPU (on the CPU, gloo processes that share the cores)."""
     nnodes: PositiveInt = 1
-    """Nodes. More than one (one torchrun per node in a multi-node allocation) is not supported yet: preflight
-    refuses it."""
+    """Nodes. More than one runs under the slurm executor only: one task per node of the allocation, each
+    starting torchrun for its node at a shared c10d rendezvous (``bioscale.slurm_task.node_of``)."""
     sync_bn: bool = False
     """Batch norm over the global batch (``GlobalBatchNorm``). Default: each rank normalises its own part of
     the batch, as Xiao et al.'s DataParallel code does per GPU."""
@@ -157,7 +158,10 @@ class TrainSpec(Strict):
     diagnostics_batch: PositiveInt | None = added(256, baseline=None)
     """Examples of the first training batch the diagnostics use (fixed across epochs, so the curves compare
     like with like); None: the whole first evaluation batch (``eval_batch_size``, what was used before)."""
-    num_workers: int = Field(4, ge=0)
+    num_workers: NonNegativeInt | Literal["auto"] = "auto"
+    """DataLoader worker processes per rank for file-backed datasets (ImageNet folders, COCO). ``auto``: this
+    process's share of the CPUs it may use, less one, at most 16 (``bioscale.data.loaders.auto_workers``).
+    Where a job runs, not what it computes (augmentation is seeded per image): not part of the job id."""
     distributed: DistributedSpec = added(default_factory=DistributedSpec)
     """Processes the job runs on (``--nproc-per-node``). Part of the job id when it is not one process: per-rank
     batch norm makes the result depend on it."""

@@ -8,7 +8,9 @@ job's ``spec.json`` will do). Every rank joins the process group torchrun descri
 train alongside it. A stop signal (SIGINT/SIGTERM, which torchrun forwards) leaves the job resumable; so
 does the death of the launcher (``--launcher-pid``) or of torchrun's agent, which each rank watches, so that
 no rank keeps training orphaned. Exit code: 0 when the job ran (whatever its outcome, which rank 0 records),
-128 + signal when stopped, 1 when this rank failed (torchrun then stops the others and names this rank).
+128 + signal when stopped, 1 when this rank failed (torchrun then stops the others and names this rank),
+``PEER_LOST`` when rank 0 stopped because another rank did (the job recorded as resumable): not 0, so that
+on a multi-node job this node's torchrun does not wait at its exit barrier for a node that is gone.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ import time
 from pathlib import Path
 
 from bioscale.claims import DEFAULT_TIMEOUT_S, process_alive
+
+PEER_LOST = 75
+"""Exit code of rank 0 when another rank stopped mid-job (EX_TEMPFAIL: resumable)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -111,10 +116,13 @@ def main(argv: list[str] | None = None) -> int:
             raise BioscaleError(f"torchrun started {group.world} processes but the job asks for "
                                 f"{distributed.describe(job.spec)}")
         on_progress = _progress_writer(args.events) if group.is_main and args.events else None
-        result: JobResult = run_job(job, Store(args.results), on_progress, args.lease_timeout)
+        store = Store(args.results)
+        distributed.set_job_dir(store.job_dir(job.grid, job.job_id).path)
+        result: JobResult = run_job(job, store, on_progress, args.lease_timeout)
         if group.is_main and args.result_out is not None:
             atomic_write_text(args.result_out, result.model_dump_json())
-        return 0
+        # a pending result without an interrupt: a collective failed because another rank stopped
+        return PEER_LOST if group.is_main and result.status == "pending" else 0
     except Interrupted as exc:  # rank 0 recorded the job as resumable before this reached here
         return exc.exit_code
     finally:

@@ -39,6 +39,7 @@ from bioscale.data.loaders import (
 from bioscale.grid import resolve
 from bioscale.ids import id_payload
 from bioscale.job import Job
+from bioscale.slurm import Queue, read_submission
 from bioscale.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
@@ -256,26 +257,134 @@ def clean_run(tmp_path_factory: pytest.TempPathFactory, grid_file: Path) -> Path
     return results / "dist" / job_id
 
 
-def test_two_ranks_through_bioscale_run_record_what_one_process_does(clean_run: Path, grid_file: Path,
-                                                                     tmp_path: Path) -> None:
-    result = json.loads((clean_run / "result.json").read_text())
-    assert result["status"] == "done" and result["epochs"] == 16
-    assert result["provenance"]["device"] == "cpu (rank 0 of 2, gloo)"
-    assert json.loads((clean_run / "spec.json").read_text())["spec"]["train"]["distributed"]["nproc_per_node"] == 2
-    subprocess.run(_cli(tmp_path, grid_file), check=True, env=ENV, cwd=REPO, timeout=300)
-    (single,) = (tmp_path / "dist").iterdir()
-    assert single.name != clean_run.name  # the number of processes is part of the job id
-    one, two = _numbers(single / "metrics.jsonl"), _numbers(clean_run / "metrics.jsonl")
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory: pytest.TempPathFactory, grid_file: Path) -> Path:
+    """The same job in one process: the job's directory."""
+    results = tmp_path_factory.mktemp("single")
+    subprocess.run(_cli(results, grid_file), check=True, env=ENV, cwd=REPO, timeout=300)
+    (single,) = (results / "dist").iterdir()
+    return single
+
+
+def _same_as_one_process(single: Path, run: Path) -> None:
+    """Metrics and every parameter (forward weights and inverses) of ``run`` equal the one-process run's."""
+    one, two = _numbers(single / "metrics.jsonl"), _numbers(run / "metrics.jsonl")
+    assert len(one) == len(two)
     for a, b in zip(one, two, strict=True):
         assert a["train_error"] == b["train_error"] and a["test_error"] == b["test_error"], (a, b)
         for key in ("train_loss", "test_loss"):
             assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6)
         assert b["diagnostics"].keys() == a["diagnostics"].keys()
-    ca, cb = (torch.load(d / "checkpoint.pt", weights_only=True) for d in (single, clean_run))
+    ca, cb = (torch.load(d / "checkpoint.pt", weights_only=True) for d in (single, run))
     assert ca["model"].keys() == cb["model"].keys()  # forward weights and inverses alike
     for key in ca["model"]:
         assert torch.allclose(ca["model"][key], cb["model"][key], rtol=0, atol=1e-5), key
     assert torch.equal(ca["torch_rng"], cb["torch_rng"])  # the noise streams never drifted apart
+
+
+def test_two_ranks_through_bioscale_run_record_what_one_process_does(clean_run: Path, single_run: Path) -> None:
+    result = json.loads((clean_run / "result.json").read_text())
+    assert result["status"] == "done" and result["epochs"] == 16
+    assert result["provenance"]["device"] == "cpu (rank 0 of 2, gloo)"
+    assert json.loads((clean_run / "spec.json").read_text())["spec"]["train"]["distributed"]["nproc_per_node"] == 2
+    assert single_run.name != clean_run.name  # the number of processes is part of the job id
+    _same_as_one_process(single_run, clean_run)
+
+
+# ---- several nodes: one torchrun per node, c10d rendezvous (the slurm executor on cluster local) ------------
+
+TWO_NODES = ["--set", "train.distributed.nnodes=2", "--set", "train.distributed.nproc_per_node=1",
+             "--cpus-per-task", "1"]
+"""Two "nodes" of one process each: submitit's local executor runs the job as two tasks, each launching
+torchrun for its node; they meet at a c10d rendezvous on 127.0.0.1, as the nodes of a Slurm allocation meet
+on its first node."""
+
+
+@pytest.fixture(scope="module")
+def nodes_grid(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("grid") / "dist.yaml"
+    path.write_text(yaml.safe_dump({**GRID, "executor": {"name": "slurm", "params": {"cluster": "local",
+                                                                                       "poll_s": 0.5}}}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def two_node_run(tmp_path_factory: pytest.TempPathFactory, nodes_grid: Path) -> Path:
+    results = tmp_path_factory.mktemp("nodes")
+    out = subprocess.run(_cli(results, nodes_grid, *TWO_NODES, "--wait"), env=ENV, cwd=REPO, timeout=400,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    (job_dir,) = [p for p in (results / "dist").iterdir() if not p.name.startswith(".")]
+    return job_dir
+
+
+def test_two_nodes_compute_what_one_process_computes(two_node_run: Path, single_run: Path,
+                                                     clean_run: Path) -> None:
+    """One job over two nodes (two torchrun launches, one rank each, c10d rendezvous): the result of one
+    process on the concatenated batches, and exactly the numbers of the same 2 ranks on one node."""
+    result = json.loads((two_node_run / "result.json").read_text())
+    assert result["status"] == "done" and result["epochs"] == 16, result
+    assert result["provenance"]["device"] == "cpu (rank 0 of 2, gloo)"
+    spec = json.loads((two_node_run / "spec.json").read_text())["spec"]["train"]["distributed"]
+    assert (spec["nnodes"], spec["nproc_per_node"]) == (2, 1)
+    logs = {p.name: p.read_text() for p in two_node_run.glob("torchrun*.log")}
+    assert set(logs) == {"torchrun.log", "torchrun.node1.log"}  # one torchrun per node, each its own log
+    assert "--rdzv-backend=c10d" in logs["torchrun.log"] and "--rdzv-endpoint=127.0.0.1:" in logs["torchrun.log"]
+    assert "--rdzv-conf=is_host=true" in logs["torchrun.log"] and "is_host=false" in logs["torchrun.node1.log"]
+    _same_as_one_process(single_run, two_node_run)
+    assert _numbers(two_node_run / "metrics.jsonl") == _numbers(clean_run / "metrics.jsonl")
+
+
+def _rank_env(proc: psutil.Process) -> dict:
+    try:
+        return proc.environ()
+    except psutil.Error:
+        return {}
+
+
+def test_a_killed_two_node_job_resumes_to_the_same_numbers(two_node_run: Path, nodes_grid: Path,
+                                                           tmp_path: Path) -> None:
+    """Node 1's rank is killed (SIGKILL, as when a node dies) mid-training: rank 0 stops and saves, neither
+    torchrun waits for the lost node, the job is left resumable; the re-run (a new rendezvous) resumes every
+    rank from the same checkpoint to exactly the numbers of an uninterrupted two-node run."""
+    results = tmp_path / "killed"
+    metrics = results / "dist" / two_node_run.name / "metrics.jsonl"
+    log = tmp_path / "submit.log"
+    with open(log, "w") as f:  # not a pipe: submitit's local tasks inherit it and would hold it open
+        out = subprocess.run(_cli(results, nodes_grid, *TWO_NODES), env=ENV, cwd=REPO, timeout=300, stdout=f,
+                             stderr=subprocess.STDOUT)
+    assert out.returncode == 0, log.read_text()  # submitted; the tasks run on without `bioscale run`
+    victims: list[psutil.Process] = []
+    deadline = time.time() + 240
+    while time.time() < deadline and not victims:  # node 1's rank, found while it trains
+        victims = [p for p in _ranks_of(results) if _rank_env(p).get("RANK") not in (None, "0")]
+        time.sleep(0.05)
+    assert victims, "no rank of node 1 found"
+    while time.time() < deadline and (not metrics.exists() or not metrics.read_text().splitlines()):
+        time.sleep(0.01)
+    for proc in victims:
+        proc.kill()
+    deadline = time.time() + 120
+    while _ranks_of(results) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _ranks_of(results), "ranks kept running after a node was lost"
+    before = metrics.read_text().splitlines()
+    assert 1 <= len(before) < 16, "the job should have been killed mid-run"
+    jdir = Store(results).job_dir("dist", two_node_run.name)
+    record = read_submission(jdir.path)
+    assert record is not None
+    deadline = time.time() + 120  # both tasks end (no torchrun waits 300 s at its exit barrier for node 1)
+    while Queue().is_live(record) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not Queue().is_live(record), "the submitted job went on after losing a node"
+    assert jdir.status() in ("pending", "failed")
+    again = subprocess.run(_cli(results, nodes_grid, *TWO_NODES, "--wait"), env=ENV, cwd=REPO, timeout=400,
+                           capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    after = metrics.read_text().splitlines()
+    assert len(after) == 16 and after[: len(before)] == before  # finished epochs were not run again
+    assert _numbers(metrics) == _numbers(two_node_run / "metrics.jsonl")
+    assert json.loads((metrics.parent / "result.json").read_text())["status"] == "done"
 
 
 def _ranks_of(results: Path) -> list[psutil.Process]:
@@ -350,3 +459,35 @@ def test_a_failing_rank_fails_the_job_with_its_own_error(tmp_path: Path) -> None
     result = json.loads((tmp_path / "res" / "dist" / job_id / "result.json").read_text())
     assert result["status"] == "failed" and "rank 1 broke on purpose" in result["error"], result["error"]
     assert not _ranks_of(tmp_path / "res")
+
+
+def test_in_a_two_rank_imagefolder_job_rank_0_scans_and_rank_1_reads_its_list(tmp_path: Path) -> None:
+    """ImageNet as an ImageFolder tree, 2 ranks: rank 0 leaves its file list in the job's folder for rank 1
+    (which loads after it), and the job trains to the end."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c in ("n01", "n02"):
+            (tmp_path / "data" / split / c).mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (40 + i, 30), (80 * i, 40, 200)).save(tmp_path / "data" / split / c / f"{i}.png")
+    grid = {"name": "folders", "base": {
+        "dataset": {"name": "imagenet", "params": {"root": str(tmp_path / "data"), "preprocess": "bartunov"}},
+        "arch": {"name": "fc", "params": {"hidden": [8]}}, "rule": "fa", "optim": {"name": "sgd", "lr": 0.01},
+        "train": {"epochs": 1, "batch_size": 4, "eval_batch_size": 6, "device": "cpu", "num_workers": 0,
+                  "diagnostics_every": 0}}}
+    path = tmp_path / "folders.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    out = subprocess.run(_cli(tmp_path / "res", path, "--nproc-per-node", "2"), env=ENV, cwd=REPO, timeout=300,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    (jdir,) = (tmp_path / "res" / "folders").iterdir()
+    assert json.loads((jdir / "result.json").read_text())["status"] == "done"
+    import gzip
+
+    from bioscale.data.imagenet import FILE_LIST
+
+    with gzip.open(jdir / FILE_LIST, "rt") as f:
+        listed = json.load(f)
+    assert listed["root"] == str((tmp_path / "data").resolve()) and listed["run"]
+    assert len(listed["splits"]["train"]["samples"]) == 6 and listed["splits"]["val"]["classes"] == ["n01", "n02"]

@@ -217,11 +217,14 @@ def test_preflight_of_a_cpu_grid_does_not_import_torch(tmp_path: Path, tiny_grid
 
 
 def test_a_job_over_several_nodes_is_refused_before_anything_starts(tmp_path: Path, tiny_grid: dict) -> None:
+    """Inline and local executors run a job on one node: refused up front, saying to use the slurm executor
+    (which passes ``multi_node``)."""
     from bioscale.runner import plan
 
     tiny_grid["base"]["train"]["distributed"] = {"nproc_per_node": 2, "nnodes": 2}
     path = tmp_path / "g.yaml"
     path.write_text(yaml.safe_dump(tiny_grid))
-    with pytest.raises(PreflightError, match=r"nnodes > 1 .* not supported yet"):
+    with pytest.raises(PreflightError, match=r"nnodes > 1 .* runs only under the slurm executor.*--executor slurm"):
         preflight(plan(path, tmp_path / "r"))
     assert not (tmp_path / "r").exists()
+    preflight(plan(path, tmp_path / "r"), multi_node=True)

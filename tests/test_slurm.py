@@ -399,7 +399,8 @@ def test_a_job_not_requeued_is_recorded_failed_saying_why(tmp_path: Path, tiny_g
 
 def test_multi_gpu_jobs_must_ask_slurm_for_their_gpus(tmp_path: Path, tiny_grid: dict) -> None:
     """A job of train.distributed.nproc_per_node processes (torchrun on its node) needs that many GPUs from
-    Slurm; several nodes per job are refused for now. Checked before anything is submitted."""
+    Slurm; a job over several nodes needs nnodes x nproc_per_node GPUs in all (each node's share as
+    --gpus-per-node). Checked before anything is submitted."""
     from bioscale.spec import TrainSpec
 
     if "distributed" not in TrainSpec.model_fields:
@@ -411,5 +412,77 @@ def test_multi_gpu_jobs_must_ask_slurm_for_their_gpus(tmp_path: Path, tiny_grid:
         executor.check(expand_grid(grid, {"train.distributed.nproc_per_node": 8})[1])
     executor.check(expand_grid(grid, {"train.distributed.nproc_per_node": 8, "resources.gpus_per_job": 8})[1])
     executor.check(expand_grid(grid, {"train.distributed.nproc_per_node": 8, "train.device": "cpu"})[1])
-    with pytest.raises(BioscaleError, match=r"nnodes > 1 .* not supported yet"):
-        executor.check(expand_grid(grid, {"train.distributed.nnodes": 2, "resources.gpus_per_job": 8})[1])
+    two_nodes = {"train.distributed.nnodes": 2, "train.distributed.nproc_per_node": 4}
+    with pytest.raises(BioscaleError, match=r"2 nodes x 4 processes .* need 8 GPUs .*--gpus-per-job 8"):
+        executor.check(expand_grid(grid, two_nodes)[1])
+    with pytest.raises(BioscaleError, match=r"--gpus-per-job 8"):  # 9 does not split over 2 nodes
+        executor.check(expand_grid(grid, {**two_nodes, "resources.gpus_per_job": 9})[1])
+    executor.check(expand_grid(grid, {**two_nodes, "resources.gpus_per_job": 8})[1])
+    with pytest.raises(BioscaleError, match=r"cluster debug runs every task in this process"):
+        SlurmExecutor(SlurmParams(cluster="debug")).check(expand_grid(grid, two_nodes)[1])
+
+
+def test_a_multi_node_job_asks_for_its_nodes_with_one_task_each(tmp_path: Path, tiny_grid: dict,
+                                                                fake_slurm: SimpleNamespace) -> None:
+    """Slurm: nnodes nodes, one task (one torchrun) per node, the job's GPUs split over the nodes, in an
+    array of its own; cluster local: nnodes tasks on this machine (submitit's local executor has one node)."""
+    tiny_grid["resources"] = {"gpus_per_job": 8, "time": "24:00:00"}
+    tiny_grid["base"]["train"]["distributed"] = {"nproc_per_node": 8}
+    tiny_grid["overrides"] = [{"where": {"rule.name": "fa"}, "set": {"train.distributed.nnodes": 2,
+                                                                     "resources.gpus_per_job": 16}}]
+    summary = bioscale.run_grid(_grid(tmp_path, tiny_grid), tmp_path / "results",
+                                executor=SlurmExecutor.from_params({}))
+    assert summary.counts == {"pending": 4}
+    lines = {n: {ln for ln in text.splitlines() if ln.startswith("#SBATCH --n") or "gpus-per-node" in ln}
+             for n, text in _scripts(fake_slurm).items()}
+    assert lines == {1001: {"#SBATCH --nodes=1", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=8"},
+                     1002: {"#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=8"}}
+    resources = Resources(gpus_per_job=16, cpus_per_task=64, time="1:00:00")
+    on_slurm = submitit_parameters(resources, SlurmParams(), "x", nnodes=2)
+    assert (on_slurm["nodes"], on_slurm["tasks_per_node"], on_slurm["gpus_per_node"]) == (2, 1, 8)
+    assert on_slurm["cpus_per_task"] == 64
+    local = submitit_parameters(resources, SlurmParams(cluster="local"), "x", nnodes=2)
+    assert (local["nodes"], local["tasks_per_node"]) == (1, 2)
+    assert submitit_parameters(resources, SlurmParams(), "x")["gpus_per_node"] == 16  # one node: all of them
+
+
+def test_what_each_node_of_a_slurm_allocation_launches(tmp_path: Path, tiny_grid: dict,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside task 1 of a 2-node allocation (a faked Slurm environment): node rank 1, the rendezvous on the
+    first node of SLURM_JOB_NODELIST, an id of bioscale job + Slurm job + restart count (a requeue meets
+    afresh, on another port), the same endpoint on both nodes; node 0 serves the rendezvous store."""
+    from bioscale import distributed
+    from bioscale.slurm_task import RDZV_PORTS, node_of
+
+    _, jobs = expand_grid(_grid(tmp_path, tiny_grid), {"train.distributed.nnodes": 2,
+                                                       "train.distributed.nproc_per_node": 4})
+    job = jobs[0]
+    for key in [k for k in os.environ if k.startswith(("SLURM_", "SUBMITIT_"))]:
+        monkeypatch.delenv(key)
+    env = {"SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "5001", "SLURM_ARRAY_JOB_ID": "5000",
+           "SLURM_ARRAY_TASK_ID": "3", "SLURM_JOB_NODELIST": "gpu-a[07-08]", "SLURM_JOB_NUM_NODES": "2",
+           "SLURM_NTASKS": "2", "SLURM_NODEID": "1", "SLURM_PROCID": "1", "SLURM_LOCALID": "0"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    node = node_of(job)
+    host, port = node.endpoint.split(":")
+    assert (node.rank, node.nnodes, host) == (1, 2, "gpu-a07")
+    assert node.rdzv_id == f"{job.job_id}-5000_3-0" and RDZV_PORTS[0] <= int(port) < RDZV_PORTS[1]
+    assert node.log_name == "torchrun.node1.log"
+    cmd = distributed.torchrun_command("j.json", "res", nproc_per_node=4, nnodes=2, rdzv_endpoint=node.endpoint,
+                                       rdzv_id=node.rdzv_id, node_rank=node.rank, is_host=node.rank == 0)
+    assert {"--nnodes=2", "--nproc-per-node=4", "--rdzv-backend=c10d", f"--rdzv-endpoint=gpu-a07:{port}",
+            f"--rdzv-id={node.rdzv_id}", "--node-rank=1", "--rdzv-conf=is_host=false"} <= set(cmd)
+    monkeypatch.setenv("SLURM_NODEID", "0")
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    assert node_of(job).endpoint == node.endpoint and node_of(job).rank == 0  # both nodes meet at one place
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # requeued: a fresh rendezvous
+    again = node_of(job)
+    assert again.rdzv_id == f"{job.job_id}-5000_3-1" and again.endpoint != node.endpoint
+    monkeypatch.setenv("SLURM_JOB_NUM_NODES", "1")  # submitted by hand with too few nodes: one sentence
+    with pytest.raises(BioscaleError, match=r"nnodes=2 but its slurm allocation has 1 node"):
+        node_of(job)
+    monkeypatch.setenv("BIOSCALE_RDZV_PORT", "29400")
+    monkeypatch.setenv("SLURM_JOB_NUM_NODES", "2")
+    assert node_of(job).endpoint == "gpu-a07:29400"
+    assert node_of(expand_grid(_grid(tmp_path, tiny_grid))[1][0]) is None  # one node: plain torchrun

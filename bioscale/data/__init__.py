@@ -27,7 +27,8 @@ class LoaderSettings:
     device: Any
     """A ``torch.device``: where batches are delivered."""
     seed: int
-    num_workers: int = 0
+    num_workers: int | str = 0
+    """Worker processes per loader, or ``"auto"`` (``bioscale.data.loaders.auto_workers``)."""
 
 
 def load_data(spec: DatasetSpec, settings: LoaderSettings) -> DataBundle:

@@ -2,7 +2,11 @@
 
 Full size (``downsampled: null``): ``root/train/<wnid>/*.JPEG`` and ``root/val/<wnid>/*.JPEG`` (the val
 images sorted into class folders, as torchvision's ImageFolder expects). Read by DataLoader worker
-processes (``LoaderSettings.num_workers``) with pinned memory and persistent workers. Preprocessing
+processes (``train.num_workers``, ``auto`` by default: ``bioscale.data.loaders.auto_workers``) with pinned
+memory; the training loader's workers persist between epochs. The workers decode, crop and flip, and hand
+over uint8 pixels; the float conversion and normalisation run on the job's device (``ToFloat``), with the
+same arithmetic as torchvision's ToTensor + Normalize. In a distributed job only rank 0 scans the class
+folders; the other ranks read its file list from the job's directory (``shared_folder``). Preprocessing
 (``preprocess``):
 
 - ``xiao`` (Xiao et al.'s train.py): train RandomResizedCrop(224) + RandomHorizontalFlip; val and the
@@ -22,10 +26,13 @@ scaled to [0, 1]; ``xiao`` adds a random horizontal flip on the device.
 from __future__ import annotations
 
 import copy
+import gzip
+import json
+import os
 import re
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -60,15 +67,37 @@ HOW_TO_GET = ("ImageNet cannot be downloaded automatically (its licence needs a 
               "point `--set dataset.params.root=DIR` at a folder with train/ and val/ class folders")
 
 
-def transforms(preprocess: str, train: bool):
+def transforms(preprocess: str, train: bool, uint8: bool = False):
+    """The paper's preprocessing of one image. ``uint8``: only the geometric part, ending in a uint8 tensor
+    (``PILToTensor``); ``ToFloat(preprocess)`` then does the rest on a batch, on the device."""
     from torchvision import transforms as T
 
     if preprocess == "bartunov":
-        return T.Compose([T.Resize((224, 224)), T.ToTensor()])
-    norm = T.Normalize(MEAN, STD)
-    if train:
-        return T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor(), norm])
-    return T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), norm])
+        return T.Compose([T.Resize((224, 224)), T.PILToTensor() if uint8 else T.ToTensor()])
+    geometry = [T.RandomResizedCrop(224), T.RandomHorizontalFlip()] if train else [T.Resize(256), T.CenterCrop(224)]
+    if uint8:
+        return T.Compose([*geometry, T.PILToTensor()])
+    return T.Compose([*geometry, T.ToTensor(), T.Normalize(MEAN, STD)])
+
+
+class ToFloat:
+    """A batch of uint8 images (N, 3, H, W) as float32 in [0, 1], normalised with the ImageNet mean and std for
+    ``xiao``: what ToTensor + Normalize compute per image (``x / 255``, then ``(x - mean) / std`` per
+    channel, the same operations in the same order), run on the device where the batch already is."""
+
+    def __init__(self, preprocess: str) -> None:
+        self.normalise = preprocess == "xiao"
+        self._stats: dict[Any, tuple[Any, Any]] = {}
+
+    def __call__(self, x):
+        x = x.to(torch.float32).div(255)
+        if self.normalise:
+            if x.device not in self._stats:
+                self._stats[x.device] = (torch.tensor(MEAN, dtype=x.dtype, device=x.device).view(-1, 1, 1),
+                                         torch.tensor(STD, dtype=x.dtype, device=x.device).view(-1, 1, 1))
+            mean, std = self._stats[x.device]
+            x.sub_(mean).div_(std)
+        return x
 
 
 def read_rgb(path: str):
@@ -113,15 +142,12 @@ def check(params: ImageNetParams) -> str | None:
 
 
 def image_folders(params: ImageNetParams):
-    from torchvision.datasets import ImageFolder
-
     root = _root(params)
     problem = _folders_problem(root)
     if problem:
         raise DataError(problem)
     try:
-        tr = ImageFolder(str(root / "train"), loader=read_rgb)
-        va = ImageFolder(str(root / "val"), loader=read_rgb)
+        tr, va = shared_folder(root, "train"), shared_folder(root, "val")
     except (FileNotFoundError, RuntimeError) as e:
         raise DataError(f"imagenet: {e}. Each class folder under {root}/train and {root}/val needs images "
                         "(.jpg, .jpeg, .png, ...).") from e
@@ -132,12 +158,80 @@ def image_folders(params: ImageNetParams):
     return tr, va
 
 
+FILE_LIST = "imagefolder-files.json.gz"
+"""In a distributed job's directory: rank 0's scan of the class folders, which the other ranks read."""
+
+
+def _listed_folder(root: Path, classes: list[str], samples: list[tuple[str, int]]):
+    """torchvision's ImageFolder over a given file list (no scan): its ``find_classes`` and ``make_dataset``
+    return what rank 0 found."""
+    from torchvision.datasets import ImageFolder
+
+    class ListedImageFolder(ImageFolder):
+        def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+            return classes, {c: i for i, c in enumerate(classes)}
+
+        def make_dataset(self, directory: str, *args: Any, **kwargs: Any) -> list[tuple[str, int]]:
+            return [(os.path.join(directory, rel), target) for rel, target in samples]
+
+    folder = ListedImageFolder(str(root), loader=read_rgb)
+    folder.__class__ = ImageFolder  # the overrides served __init__ only; now it pickles like any ImageFolder
+    return folder
+
+
+def shared_folder(root: Path, split: str):
+    """``ImageFolder(root/split)``. In a distributed job (``bioscale.distributed.job_dir``), rank 0 scans the
+    tree (1.28M files for ImageNet's train/, minutes on a network file system) and writes the file list into
+    the job's directory; the other ranks, which load their data after rank 0 has (``bioscale.train``), read
+    it instead of scanning the same tree again. A list left by another launch (another torchrun run id) or
+    another root is not used: the rank scans itself."""
+    from torchvision.datasets import ImageFolder
+
+    from bioscale import distributed
+
+    group, jdir = distributed.current(), distributed.job_dir()
+    if group is None or jdir is None or group.world == 1:
+        return ImageFolder(str(root / split), loader=read_rgb)
+    path = jdir / FILE_LIST
+    run = os.environ.get("TORCHELASTIC_RUN_ID", "")
+    key = {"run": run, "root": str(root.resolve())}
+    if not group.is_main:
+        try:
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                data = json.load(f)
+            if {k: data.get(k) for k in key} == key and split in data["splits"]:
+                listed = data["splits"][split]
+                return _listed_folder(root / split, listed["classes"], [tuple(s) for s in listed["samples"]])
+        except (OSError, ValueError, KeyError, TypeError, EOFError):
+            pass
+        return ImageFolder(str(root / split), loader=read_rgb)
+    folder = ImageFolder(str(root / split), loader=read_rgb)
+    base = str(root / split)
+    entry = {"classes": folder.classes, "samples": [(os.path.relpath(p, base), t) for p, t in folder.samples]}
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            data = json.load(f)
+        if {k: data.get(k) for k in key} != key:
+            raise ValueError("another launch")
+    except (OSError, ValueError, EOFError):
+        data = {**key, "splits": {}}
+    data["splits"][split] = entry
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with gzip.open(tmp, "wt", encoding="utf-8", compresslevel=1) as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+    except OSError:  # the others scan themselves: slower, same result
+        tmp.unlink(missing_ok=True)
+    return folder
+
+
 def load_folders(params: ImageNetParams, ctx: LoaderSettings) -> DataBundle:
     tr, va = image_folders(params)
     tr_eval = copy.copy(tr)  # shares the file list: no second scan of 1.28M files
-    tr_eval.transform = transforms(params.preprocess, False)
-    tr.transform = transforms(params.preprocess, True)
-    va.transform = transforms(params.preprocess, False)
+    tr_eval.transform = transforms(params.preprocess, False, uint8=True)
+    tr.transform = transforms(params.preprocess, True, uint8=True)
+    va.transform = transforms(params.preprocess, False, uint8=True)
     train_ds: torch.utils.data.Dataset = tr
     idx, held = training_indices(np.asarray(tr.targets), params.subset, params.validation, "imagenet")
     held_ds = torch.utils.data.Subset(tr_eval, held.tolist()) if held is not None else None
@@ -146,9 +240,11 @@ def load_folders(params: ImageNetParams, ctx: LoaderSettings) -> DataBundle:
         tr_eval = torch.utils.data.Subset(tr_eval, idx.tolist())
     n_train = len(train_ds)  # type: ignore[arg-type]
     info = DataShape("imagenet", (3, 224, 224), len(tr.classes), n_train, len(va))
+    finish = ToFloat(params.preprocess)
 
     def dl(ds: torch.utils.data.Dataset, bs: int, shuffle: bool) -> DeviceDataLoader:
-        return loaders.DeviceDataLoader(ds, bs, ctx.device, shuffle=shuffle, seed=ctx.seed, num_workers=ctx.num_workers)
+        return loaders.DeviceDataLoader(ds, bs, ctx.device, shuffle=shuffle, seed=ctx.seed,
+                                        num_workers=ctx.num_workers, on_device=finish)
 
     return DataBundle(info, dl(train_ds, ctx.batch_size, True), dl(tr_eval, ctx.eval_batch_size, False),
                       dl(va, ctx.eval_batch_size, False),

@@ -4,7 +4,10 @@
   ``randperm`` per epoch, seeded by (seed, epoch); there is no DataLoader, no worker process and no
   host-to-device copy per batch.
 - ``HostTensorLoader``: uint8 arrays in host RAM, batches gathered and copied as needed (downsampled ImageNet).
-- ``DeviceDataLoader``: a torch DataLoader with workers for file-backed sets (ImageNet, COCO).
+- ``DeviceDataLoader``: a torch DataLoader with workers for file-backed sets (ImageNet, COCO). Only the
+  training loader keeps its workers between epochs (the evaluation loaders start theirs for each pass, so a
+  job holds one pool, not three); ``num_workers: auto`` sizes the pool from the CPUs this process may use
+  (``auto_workers``); images can travel as uint8 and become float on the device (``on_device``).
 
 In a distributed job (``bioscale.distributed``) every loader is *sharded*: each rank gets its rows of the
 global batch that a single process would get at the same step (``bioscale.data.base.batch_shard``), in the
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -25,6 +29,7 @@ import torch.utils.data
 from torch import Tensor
 
 from bioscale.data.base import BatchShard, batch_shard
+from bioscale.threads import cpus_available
 
 Augment = Callable[[Tensor, torch.Generator], Tensor]
 
@@ -216,9 +221,47 @@ class SeededDataset(torch.utils.data.Dataset):
             torch.random.set_rng_state(state)
 
 
+MAX_AUTO_WORKERS = 16
+"""``num_workers: auto`` never starts more workers than this per process (per GPU): torchvision's ImageNet
+reference uses 16 per GPU, and each worker holds two batches in shared memory."""
+JOB_CPUS_ENV = "BIOSCALE_JOB_CPUS"
+"""Set by the local executor for each job: the CPUs of this machine that are the job's share."""
+
+
+def auto_workers(cpus: int | None = None, job_cpus: int | None = None, ranks_per_node: int | None = None) -> int:
+    """How many DataLoader workers ``num_workers: auto`` starts in this process: its job's CPUs (``job_cpus``:
+    the local executor's share of the machine, ``BIOSCALE_JOB_CPUS``; else this process's affinity ``cpus``)
+    split over the job's ranks on this node (``LOCAL_WORLD_SIZE``, set by torchrun), one core left for the
+    training process itself, at most ``MAX_AUTO_WORKERS``. A GPU job on a Slurm task of 32 CPUs: 16 workers
+    with one rank, 3 per rank with 8 ranks; a job packed 4 to a GPU on a 16-core, 1-GPU machine: 3."""
+    if job_cpus is None:
+        value = os.environ.get(JOB_CPUS_ENV, "")
+        job_cpus = int(value) if value.isdigit() and int(value) > 0 else None
+    here = cpus if cpus is not None else cpus_available()
+    share = min(job_cpus, here) if job_cpus is not None else here
+    if ranks_per_node is None:
+        value = os.environ.get("LOCAL_WORLD_SIZE", "")
+        ranks_per_node = int(value) if value.isdigit() and int(value) > 0 else 1
+    return max(0, min(MAX_AUTO_WORKERS, share // ranks_per_node - 1))
+
+
+def resolve_workers(num_workers: int | str) -> int:
+    """``train.num_workers`` as a number: ``auto`` through ``auto_workers``."""
+    if num_workers == "auto":
+        return auto_workers()
+    return int(num_workers)
+
+
 class DeviceDataLoader:
-    """A torch ``DataLoader`` (worker processes, pinned memory, persistent workers) behind the ``Loader``
-    protocol: batches arrive on the job's device and ``set_epoch`` reseeds order and augmentation."""
+    """A torch ``DataLoader`` (worker processes, pinned memory) behind the ``Loader`` protocol: batches arrive
+    on the job's device and ``set_epoch`` reseeds order and augmentation.
+
+    ``persistent`` (default: the shuffled, i.e. training, loader) keeps the workers alive between epochs; an
+    evaluation loader starts its workers for each pass and lets them go, so a job holds one pool, not three.
+    ``on_device`` finishes each batch's first item (the images) on the device: the workers hand over uint8
+    pixels (a quarter of float32's bytes through shared memory, pinned memory and the bus) and the float
+    conversion and normalisation run there (``bioscale.data.imagenet.ToFloat``).
+    """
 
     def __init__(
         self,
@@ -228,14 +271,20 @@ class DeviceDataLoader:
         *,
         shuffle: bool = False,
         seed: int = 0,
-        num_workers: int = 0,
+        num_workers: int | str = 0,
         drop_last: bool = False,
         collate_fn: Callable[[list], Any] | None = None,
         shard: tuple[int, int] | None = None,
+        persistent: bool | None = None,
+        on_device: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         self.device = torch.device(device)
+        num_workers = resolve_workers(num_workers)
         self._settings = dict(dataset=dataset, batch_size=batch_size, device=device, shuffle=shuffle, seed=seed,
-                              num_workers=num_workers, drop_last=drop_last, collate_fn=collate_fn)
+                              num_workers=num_workers, drop_last=drop_last, collate_fn=collate_fn,
+                              persistent=persistent, on_device=on_device)
+        self.num_workers = num_workers
+        self.on_device = on_device
         self.batch_size, self.size, self.collate_fn = batch_size, len(dataset), collate_fn  # type: ignore[arg-type]
         self.shard = shard
         """(rank, world) for a rank of a distributed job: batches are its rows of the global batches."""
@@ -248,7 +297,7 @@ class DeviceDataLoader:
             SeededDataset(dataset, seed),
             num_workers=num_workers,
             pin_memory=self.device.type == "cuda",
-            persistent_workers=num_workers > 0,
+            persistent_workers=num_workers > 0 and (shuffle if persistent is None else persistent),
             collate_fn=collate_fn,
             # Its own generator: the workers' base seed is drawn from it, not from the global one.
             generator=torch.Generator().manual_seed(seed),
@@ -272,14 +321,19 @@ class DeviceDataLoader:
             if self.shard is not None:
                 total = min(self.batch_size, self.size - i * self.batch_size)
                 self.current_shard = batch_shard(total, *self.shard)
-            yield to_device(batch, self.device)
+            yield self._finish(to_device(batch, self.device))
+
+    def _finish(self, batch: Any) -> Any:
+        if self.on_device is None or not isinstance(batch, list | tuple):
+            return batch
+        return type(batch)((self.on_device(batch[0]), *batch[1:]))
 
     def first_batch(self) -> Any:
         """The first global batch, read in this process (no worker pool is started for it): what every rank
         of a distributed job computes its diagnostics on."""
         keys = list(itertools.islice(iter(self.sampler), self.batch_size))
         items = [self.loader.dataset[k] for k in keys]
-        return to_device((self.collate_fn or torch.utils.data.default_collate)(items), self.device)
+        return self._finish(to_device((self.collate_fn or torch.utils.data.default_collate)(items), self.device))
 
 
 class ShardedLoader:

@@ -201,3 +201,89 @@ def test_validation_holdout_from_folders_and_npz(tmp_path: Path, ctx) -> None:
     rows = torch.cat([torch.cat([x for x, _ in d.validation]), torch.cat([x for x, _ in d.train_eval])])
     assert sorted(rows.flatten(1).sum(1).tolist()) == pytest.approx(
         sorted((torch.from_numpy(x_tr).float() / 255).sum(1).tolist()))  # a partition of the training set
+
+
+# Loading at scale: uint8 to the device, one persistent pool, auto workers, one scan per job --------------
+
+
+@pytest.mark.parametrize("preprocess", ["xiao", "bartunov"])
+def test_uint8_handoff_gives_the_numbers_of_float_preprocessing_on_the_cpu(tmp_path: Path, ctx,
+                                                                            preprocess: str) -> None:
+    """The workers hand over uint8 crops and ``ToFloat`` finishes them on the device: every training batch
+    (random crops and flips, seeded) and evaluation batch equals what ToTensor + Normalize per image give."""
+    from torchvision.datasets import ImageFolder
+
+    from bioscale.data.loaders import DeviceDataLoader
+
+    write_tree(tmp_path, per_class=3)
+    bundle = imagenet.load(ImageNetParams(root=str(tmp_path), preprocess=preprocess), replace(ctx, batch_size=4))
+    assert next(iter(bundle.train.loader))[0].dtype == torch.uint8  # what crosses from the workers
+    for split, loader, train in (("train", bundle.train, True), ("val", bundle.test, False)):
+        old = ImageFolder(str(tmp_path / split), loader=imagenet.read_rgb,
+                          transform=imagenet.transforms(preprocess, train))
+        reference = DeviceDataLoader(old, loader.batch_size, torch.device("cpu"), shuffle=train, seed=ctx.seed)
+        for epoch in (0, 1):
+            loader.set_epoch(epoch)
+            reference.set_epoch(epoch)
+            for (x, y), (xr, yr) in zip(loader, reference, strict=True):
+                assert x.dtype == torch.float32 and torch.equal(y, yr)
+                torch.testing.assert_close(x, xr, atol=1e-6, rtol=0)
+    white = imagenet.ToFloat("xiao")(torch.full((1, 3, 2, 2), 255, dtype=torch.uint8))
+    expect = [(1 - m) / s for m, s in zip(imagenet.MEAN, imagenet.STD, strict=True)]
+    torch.testing.assert_close(white[0, :, 0, 0], torch.tensor(expect))
+
+
+def test_only_the_training_loader_keeps_its_workers(tmp_path: Path, ctx) -> None:
+    write_tree(tmp_path, per_class=2)
+    bundle = imagenet.load(ImageNetParams(root=str(tmp_path)), replace(ctx, num_workers=2))
+    assert bundle.train.loader.persistent_workers and bundle.train.loader.num_workers == 2
+    assert not bundle.train_eval.loader.persistent_workers and not bundle.test.loader.persistent_workers
+
+
+def test_auto_workers_divide_the_cpus_of_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bioscale.data import loaders
+    from bioscale.spec import TrainSpec
+    from bioscale.threads import cpus_available
+
+    assert TrainSpec().num_workers == "auto"
+    for key in ("LOCAL_WORLD_SIZE", loaders.JOB_CPUS_ENV):
+        monkeypatch.delenv(key, raising=False)
+    assert loaders.auto_workers(cpus=32) == 16  # one rank on a 32-CPU Slurm task: capped
+    assert loaders.auto_workers(cpus=12) == 11  # one core left for the training process
+    assert loaders.auto_workers(cpus=32, ranks_per_node=8) == 3
+    assert loaders.auto_workers(cpus=16, job_cpus=4) == 3  # a job packed 4 to a GPU on 16 cores
+    assert loaders.auto_workers(cpus=1) == 0  # load in the training process
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun: 2 ranks on this node
+    monkeypatch.setenv(loaders.JOB_CPUS_ENV, "10")  # the local executor's share for this job
+    assert loaders.auto_workers(cpus=64) == 4
+    assert loaders.resolve_workers("auto") == min(4, max(0, min(10, cpus_available()) // 2 - 1))
+    assert loaders.resolve_workers(3) == 3
+
+
+class _Group:
+    def __init__(self, rank: int) -> None:
+        self.rank, self.world, self.is_main = rank, 2, rank == 0
+
+
+def test_in_a_distributed_job_only_rank_0_scans_the_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rank 0 scans and leaves the file list in the job's directory; another rank of the same launch reads it
+    (a file added after rank 0's scan stays unseen, as for rank 0); a list from another launch is ignored."""
+    from bioscale import distributed
+
+    root, jdir = tmp_path / "data", tmp_path / "job"
+    write_tree(root, per_class=2)
+    jdir.mkdir()
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "run-1")
+    monkeypatch.setattr(distributed, "job_dir", lambda: jdir)
+    monkeypatch.setattr(distributed, "current", lambda: _Group(0))
+    tr0, va0 = imagenet.image_folders(ImageNetParams(root=str(root)))
+    assert (jdir / imagenet.FILE_LIST).is_file()
+    Image.new("RGB", (8, 8)).save(root / "train" / "n01" / "late.png")
+    monkeypatch.setattr(distributed, "current", lambda: _Group(1))
+    tr1, va1 = imagenet.image_folders(ImageNetParams(root=str(root)))
+    assert type(tr1).__name__ == "ImageFolder" and tr1.samples == tr0.samples and va1.samples == va0.samples
+    assert tr1.classes == tr0.classes and tr1.targets == tr0.targets and len(tr1) == 6
+    assert torch.equal(imagenet.transforms("bartunov", False, uint8=True)(tr1[5][0]),
+                       imagenet.transforms("bartunov", False, uint8=True)(tr0[5][0]))
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "run-2")  # a later launch: this rank scans for itself
+    assert len(imagenet.image_folders(ImageNetParams(root=str(root)))[0]) == 7
