@@ -16,6 +16,8 @@ from pydantic import (
     Field,
     PositiveFloat,
     PositiveInt,
+    SerializerFunctionWrapHandler,
+    model_serializer,
     model_validator,
 )
 
@@ -137,6 +139,9 @@ class TrainSpec(Strict):
     diagnostics_every: int = Field(1, ge=0)
     """Epochs between diagnostics (alignment angles, ...); 0 turns them off."""
     num_workers: int = Field(4, ge=0)
+    eval_every: PositiveInt = added(1)
+    """Epochs between evaluations on the test set (the last epoch is always evaluated); the best epoch is
+    picked among the evaluated ones. COCO AP over 5,000 validation images is worth sparing."""
     distributed: DistributedSpec = added(default_factory=DistributedSpec)
     """Processes the job runs on (``--nproc-per-node``). Part of the job id when it is not one process: per-rank
     batch norm makes the result depend on it."""
@@ -316,15 +321,31 @@ class Provenance(Strict):
     """The Slurm (or submitit local/debug) job this run was part of, if any."""
 
 
-class EpochMetrics(Strict):
-    """One line of ``metrics.jsonl``."""
+class _TaskMetrics(Strict):
+    """An output record with the task's own numbers (``bioscale.tasks``): detection's ``ap``, ``ap50``, ...
+
+    ``metrics`` is left out of the JSON when empty, so a classification job's files are what they were."""
+
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+    @model_serializer(mode="wrap")
+    def _drop_empty_metrics(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if not data.get("metrics"):
+            data.pop("metrics", None)
+        return data
+
+
+class EpochMetrics(_TaskMetrics):
+    """One line of ``metrics.jsonl``. ``train_error``/``test_error`` are None for a task without them
+    (detection) and in an epoch that was not evaluated (``train.eval_every``)."""
 
     model_config = ConfigDict(allow_inf_nan=True)  # a diverged epoch records its nan/inf loss
 
     epoch: int
     train_loss: float
-    train_error: float
-    test_error: float
+    train_error: float | None = None
+    test_error: float | None = None
     test_loss: float | None = None
     top5_error: float | None = None
     epoch_time_s: float
@@ -332,8 +353,9 @@ class EpochMetrics(Strict):
     diagnostics: dict[str, float] = Field(default_factory=dict)
 
 
-class JobResult(Strict):
-    """``result.json``: the outcome of one job. Errors are in %, as the papers report them."""
+class JobResult(_TaskMetrics):
+    """``result.json``: the outcome of one job. Errors are in %, as the papers report them; ``metrics`` are
+    the best epoch's task numbers (detection: AP in %)."""
 
     model_config = ConfigDict(allow_inf_nan=True)  # an outcome is recorded as it was, nan included
 

@@ -25,6 +25,7 @@ torch = lazy("torch")
 nn = lazy("torch.nn")
 models_base = lazy("bioscale.models.base")
 optimisers = lazy("bioscale.optim")
+tasks = lazy("bioscale.tasks")
 
 
 class BPParams(Strict):
@@ -52,6 +53,8 @@ class Rule(ABC):
         self.device = torch.device("cpu")
         self.amp = False
         self.criterion = nn.CrossEntropyLoss()
+        self.task = tasks.get("classification")
+        """How a batch becomes a loss (``bioscale.tasks``); the trainer sets the job's task."""
         self.shard: BatchShard | None = None
         """In a distributed job, which rows of the global batch this rank's ``train_step`` holds (set by the
         trainer before each step); None in a single process."""
@@ -163,8 +166,7 @@ class BackwardRule(Rule):
         The feedback layers change what this computes; DFA overrides it."""
         assert self.model is not None
         with self.autocast():
-            logits = self.model(x)
-            loss = self.criterion(logits, y)
+            loss, logits = self.task.loss(self.model, x, y, self.criterion)
         loss.backward()
         return loss, logits
 
@@ -178,7 +180,7 @@ class BackwardRule(Rule):
             optimisers.batch_manhattan_(opt)
         opt.step()
         self.after_step()
-        return StepOutput(loss.detach(), logits.detach())
+        return StepOutput(loss.detach(), logits.detach() if logits is not None else None)
 
     def before_step(self) -> None:
         """Hook between backward and the optimiser step (e.g. Kolen-Pollack's feedback update)."""
