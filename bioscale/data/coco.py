@@ -28,6 +28,7 @@ boxes outside their image are clamped and counted in a warning; an image that ca
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 from dataclasses import dataclass, field
@@ -135,8 +136,19 @@ def _no_root() -> str:
     return f"coco: no dataset.params.root given; {HOW_TO_GET}."
 
 
+def scorer_problem() -> str | None:
+    """Detection jobs are scored with pycocotools (the ``detection`` extra): missing, say so before training."""
+    if importlib.util.find_spec("pycocotools") is None:
+        return ("detection jobs are scored with pycocotools, which is not installed; install it with "
+                "`pip install 'bioscale[detection]'` (or `pip install pycocotools`).")
+    return None
+
+
 def check(params: CocoParams) -> str | None:
-    """Preflight: ``root`` is given and holds both splits' annotation files and image folders (none is read)."""
+    """Preflight: pycocotools is installed, and ``root`` is given and holds both splits' annotation files and
+    image folders (none is read)."""
+    if scorer_problem():
+        return scorer_problem()
     if params.root is None:
         return _no_root()
     root = Path(params.root).expanduser()
@@ -235,7 +247,7 @@ def load_root(root: Path, params: CocoParams, ctx: LoaderSettings, family: str =
 
 
 @register_dataset("coco", params=CocoParams, family="coco", order=70, task="detection", input_shape=(3, 800, 800),
-                  num_classes=80, check=check,
+                  num_classes=80, paper_dataset="coco", check=check,
                   summary="MS COCO 2017 detection (images, boxes, labels) under `root`; returns a DetectionBundle.")
 def load(params: CocoParams, ctx: LoaderSettings) -> DetectionBundle:
     if params.root is None:

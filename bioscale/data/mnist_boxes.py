@@ -161,8 +161,13 @@ def build(params: MnistBoxesParams) -> Path:
     return final
 
 
+def check(params: MnistBoxesParams) -> str | None:
+    """Preflight: mnist-5k's digits are installed, and pycocotools to score the jobs."""
+    return coco.scorer_problem() or mnist5k.check(params)  # type: ignore[arg-type]
+
+
 @register_dataset("mnist-boxes", params=MnistBoxesParams, family="mnist-boxes", order=75, task="detection",
-                  input_shape=(3, 128, 128), num_classes=10, tags=("bundled",), check=mnist5k.check,
+                  input_shape=(3, 128, 128), num_classes=10, tags=("bundled",), check=check,
                   summary="Detection smoke set: 1-3 real MNIST digits per 128x128 canvas, built once in COCO format.")
 def load(params: MnistBoxesParams, ctx: LoaderSettings) -> DetectionBundle:
     root = build(params)
