@@ -97,6 +97,11 @@ def _retinanet_class() -> type:
             return torch.nn.ModuleList([self.head.classification_head.cls_logits,
                                         self.head.regression_head.bbox_reg])
 
+        def summary_forward(self, x: Any) -> Any:
+            """Backbone, FPN and heads on an already resized batch (``bioscale arch summary``): what a training
+            step keeps for backward, without the box matching and the loss, which need targets."""
+            return self.head(list(self.backbone(x).values()))
+
     return BioscaleRetinaNet
 
 

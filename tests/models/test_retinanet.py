@@ -153,3 +153,14 @@ def test_model_resizes_to_the_datasets_side() -> None:
     assert model.transform.min_size == (64,) and model.transform.max_size == 107
     coco = build_model(_spec("bp").arch, DetectionInfo("coco", 80, (), (), 1, 1))
     assert coco.transform.min_size == (800,) and coco.transform.max_size == 1333
+
+
+def test_arch_summary_measures_backbone_fpn_and_heads() -> None:
+    from bioscale.data.base import DataShape
+    from bioscale.models.summary import summarize
+    from bioscale.spec import ArchSpec
+
+    s = summarize(ArchSpec(name="retinanet"), DataShape("mnist-boxes", (3, 128, 128), 10, 1, 1), 2)
+    convs = [r for r in s.layers if r.kind == "Conv2d"]
+    assert len(convs) == 20 + 8 + 10  # a head conv runs once per pyramid level: one row (its last shape)
+    assert s.activation_bytes > 0 and s.trainable_params == s.total_params
