@@ -132,12 +132,15 @@ def learning_figure(curves: pd.DataFrame) -> plt.Figure:
     keys = list(dict.fromkeys(curves["panel"]))
     colors = _colors(curves)
     fig, axes = _panels(len(keys))
+    kinds = set()
     for ax, panel in zip(axes, keys, strict=True):
         data = curves[curves["panel"] == panel]
         if "ap" in data and data["ap"].notna().any():
             _ap_panel(ax, data, colors)
             ax.set_title(panel)
+            kinds.add("detection")
             continue
+        kinds.add("classification")
         for line, group in data.groupby("line", sort=False):
             stats = group.groupby("epoch")[["train_error", "test_error"]].agg(["mean", "std"])
             test, std = stats[("test_error", "mean")], stats[("test_error", "std")]
@@ -156,7 +159,9 @@ def learning_figure(curves: pd.DataFrame) -> plt.Figure:
         ax.set_ylabel("error (%)" + (", log scale" if ax.get_yscale() == "log" else ""))
         ax.grid(alpha=0.3, which="major")
     handles = [plt.Line2D([], [], color=c, label=m) for m, c in colors.items()]
-    _legend(fig, handles, "test error: solid, band ± 1 std over seeds\ntrain error: dotted")
+    explained = {"classification": "test error: solid, band ± 1 std over seeds\ntrain error: dotted",
+                 "detection": "COCO AP (detection): solid, band ± 1 std over seeds"}
+    _legend(fig, handles, "\n".join(explained[k] for k in ("classification", "detection") if k in kinds))
     fig.suptitle("Learning curves (mean over seeds)")
     return fig
 
