@@ -161,9 +161,10 @@ class BackwardRule(Rule):
         """Swap layers for the rule's feedback layers; backprop keeps the model as it is."""
         return model
 
-    def rule_backward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """Forward, loss and the rule's backward pass (gradients accumulate; no step): (loss, logits).
-        The feedback layers change what this computes; DFA overrides it."""
+    def rule_backward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Forward, loss and the rule's backward pass (gradients accumulate; no step): (loss, logits; None for
+        a task without class scores, e.g. detection). The job's task (``self.task``) turns the batch into the
+        loss; the feedback layers change what its backward computes; DFA overrides it."""
         assert self.model is not None
         with self.autocast():
             loss, logits = self.task.loss(self.model, x, y, self.criterion)
