@@ -61,7 +61,7 @@ def test_best_detection_epoch_is_the_highest_ap() -> None:
 @pytest.mark.slow
 def test_detection_smoke_bp_learns(tmp_path: Path) -> None:
     """grids/detection-smoke.yaml's bp job as the grid defines it (256 canvases, 6 epochs): its AP shows
-    learning. Our run: AP 0.2% after 3 epochs, 12.1% after 6 (AP50 21.4%). About 10-20 minutes on a CPU."""
+    learning. Our run: AP 0.2% after 3 epochs, 12.1% after 6 (AP50 21.4%). 4-5 minutes on one CPU thread."""
     from bioscale.grid import expand, load_grid
 
     grid = Path(__file__).resolve().parents[2] / "grids" / "detection-smoke.yaml"
