@@ -44,6 +44,8 @@ class JobFinished:
     status: str
     test_error: float | None = None
     error: str | None = None
+    ap: float | None = None
+    """A detection job's best COCO AP in % (``bioscale.tasks``); None for classification."""
 
 
 Event = JobStarted | JobProgress | JobFinished

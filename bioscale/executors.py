@@ -241,7 +241,8 @@ def _record_failure(job: Job, store: Store, error: str) -> JobResult:
 
 
 def _finished(job: Job, result: JobResult) -> JobFinished:
-    return JobFinished(job.job_id, job.label, result.status, result.test_error, result.error)
+    return JobFinished(job.job_id, job.label, result.status, result.test_error, result.error,
+                       result.metrics.get("ap"))
 
 
 _EVENTS: Any = None

@@ -117,8 +117,9 @@ class Display:
         self.failed += event.status == "failed"
         self._refresh_overall()
         err = f"{event.test_error:.2f}%" if event.test_error is not None else "-"
+        best = f"best AP {event.ap:.2f}%" if event.ap is not None else f"best test error {err}"
         label = self.labels.get(event.job_id, event.label)
-        line = f"  {escape(label)} {escape(event.job_id)}: {escape(event.status)}, best test error {err}"
+        line = f"  {escape(label)} {escape(event.job_id)}: {escape(event.status)}, {best}"
         first = (event.error or "").strip().splitlines()
         if event.status in ("failed", "diverged") and first:
             line += f"\n    {escape(first[0])}"

@@ -671,7 +671,7 @@ def _queued_result(job: Job, record: Submission, note: str = "") -> JobResult:
 
 
 def _finished(job: Job, result: JobResult) -> JobFinished:
-    return JobFinished(job.job_id, job.label, result.status, result.test_error, result.error)
+    return JobFinished(job.job_id, job.label, result.status, result.test_error, result.error, result.metrics.get("ap"))
 
 
 def _result_bytes(store: Store, job: Job) -> bytes | None:

@@ -18,6 +18,8 @@ from pydantic import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    SerializerFunctionWrapHandler,
+    model_serializer,
     model_validator,
 )
 
@@ -501,17 +503,33 @@ class Provenance(Strict):
     """torch's CPU threads for this job (``bioscale.threads``); None in results from before it was recorded."""
 
 
-class EpochMetrics(Strict):
-    """One line of ``metrics.jsonl``."""
+class _TaskMetrics(Strict):
+    """An output record with the task's own numbers (``bioscale.tasks``): detection's ``ap``, ``ap50``, ...
+
+    ``metrics`` is left out of the JSON when empty, so a classification job's files are what they were."""
+
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+    @model_serializer(mode="wrap")
+    def _drop_empty_metrics(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if not data.get("metrics"):
+            data.pop("metrics", None)
+        return data
+
+
+class EpochMetrics(_TaskMetrics):
+    """One line of ``metrics.jsonl``. ``train_error``/``test_error`` are None for a task without them
+    (detection) and in an epoch that was not evaluated (``train.eval_every``)."""
 
     model_config = ConfigDict(allow_inf_nan=True)  # a diverged epoch records its nan/inf loss
 
     epoch: int
     train_loss: float
-    train_error: float | None
-    test_error: float | None
-    """None in an epoch without evaluation (``train.eval_every``); the train error then too, unless it is
-    the running one."""
+    train_error: float | None = None
+    test_error: float | None = None
+    """None for a task without them (detection) and in an epoch without evaluation (``train.eval_every``);
+    the train error then too, unless it is the running one."""
     test_loss: float | None = None
     top5_error: float | None = None
     epoch_time_s: float
@@ -522,8 +540,9 @@ class EpochMetrics(Strict):
     val_loss: float | None = None
 
 
-class JobResult(Strict):
-    """``result.json``: the outcome of one job. Errors are in %, as the papers report them."""
+class JobResult(_TaskMetrics):
+    """``result.json``: the outcome of one job. Errors are in %, as the papers report them; ``metrics`` are
+    the best epoch's task numbers (detection: AP in %)."""
 
     model_config = ConfigDict(allow_inf_nan=True)  # an outcome is recorded as it was, nan included
 

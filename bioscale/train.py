@@ -15,7 +15,6 @@ import copy
 import math
 import random
 import re
-import statistics
 import time
 import traceback
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bioscale import cadence, claims, distributed, threads
+from bioscale import cadence, claims, distributed, tasks, threads
 from bioscale.checkpoint import CheckpointError, UnsafeCheckpoint, load_checkpoint
 from bioscale.data import LoaderSettings, load_data
 from bioscale.data.base import DataBundle
@@ -38,6 +37,7 @@ from bioscale.provenance import collect, now
 from bioscale.rules import Rule, build_rule
 from bioscale.spec import EpochMetrics, JobResult, JobSpec
 from bioscale.store import METRICS, JobDir, Store, atomic_write
+from bioscale.tasks import Evaluation
 
 ProgressFn = Callable[[JobProgress], None]
 
@@ -230,6 +230,8 @@ class Trainer:
         """The job's log sinks (``bioscale.logsinks``), opened by the writing process once it knows the epoch."""
         self.threads: int | None = None
         """torch's CPU threads for this job (``bioscale.threads``)."""
+        self.task = _task(job.spec)
+        """How a batch becomes a loss and how the job is scored (the dataset's record names it)."""
 
     def wall_time(self) -> float:
         """Seconds spent on this job, over every run that resumed it."""
@@ -252,6 +254,7 @@ class Trainer:
             data = distributed.shard_bundle(data, group)
         seed_everything(spec.seed)  # the model's init does not depend on what loading the data drew
         rule = build_rule(spec)
+        rule.task = self.task
         model = rule.prepare(build_model(spec.arch, data.info))
         if group is not None and spec.train.distributed.sync_bn:
             model = distributed.convert_sync_batchnorm(model)
@@ -286,18 +289,15 @@ class Trainer:
                 raise Diverged(f"training loss is {train_loss} in epoch {epoch + 1}")
             if group is not None:
                 distributed.broadcast_norm_buffers(group, model)
-            test_error = top5 = test_loss = train_error = val_error = val_loss = None
+            running = running_error if train.train_error == "running" else None
             last_of_run = epoch + 1 == end  # a rung's stop is evaluated and checkpointed: the promotion needs both
-            evaluated = cadence.due(train.eval_every, epoch, train.epochs) or last_of_run
-            if evaluated:
-                test_error, top5, test_loss = evaluate(model, data.test, rule, group)
+            test, train_error, val = Evaluation(), running, Evaluation()
+            if cadence.due(train.eval_every, epoch, train.epochs) or last_of_run:
+                test = self.task.evaluate(model, data.test, rule, group)
+                train_error = self.task.train_error(model, data, rule, group, running)
                 held = getattr(data, "validation", None)  # dataset.params.validation: what a search selects on
                 if held is not None:
-                    val_error, _, val_loss = evaluate(model, held, rule, group)
-            if train.train_error == "running" and running_error is not None:
-                train_error = running_error
-            elif evaluated:
-                train_error = evaluate(model, data.train_eval, rule, group)[0]
+                    val = self.task.evaluate(model, held, rule, group)
             diagnostics: dict[str, float] = {}
             if cadence.diagnostics_due(train, epoch):
                 # the first training batch, read in this process: ``next(iter(...))`` would start a DataLoader's
@@ -306,9 +306,9 @@ class Trainer:
                 x, y = cadence.diagnostics_slice(first_batch(data.train_eval), train.diagnostics_batch)
                 diagnostics = rule.diagnostics(x, y)
             self.metrics.append(EpochMetrics(
-                epoch=epoch + 1, train_loss=train_loss, train_error=train_error, test_error=test_error,
-                test_loss=test_loss, top5_error=top5, epoch_time_s=train_time, lr=rule.current_lr(),
-                diagnostics=diagnostics, val_error=val_error, val_loss=val_loss))
+                epoch=epoch + 1, train_loss=train_loss, train_error=train_error, test_error=test.error,
+                test_loss=test.loss, top5_error=test.top5, epoch_time_s=train_time, lr=rule.current_lr(),
+                diagnostics=diagnostics, metrics=test.metrics, val_error=val.error, val_loss=val.loss))
             lost = self.owns is not None and not self.owns()
             if group is not None:
                 distributed.check_replicas(group, model, rule, f"after epoch {epoch + 1}")
@@ -320,7 +320,7 @@ class Trainer:
                 self.log.epoch(self.metrics[-1])  # before the checkpoint: a resume purges and relogs this epoch
                 if cadence.checkpoint_due(train, epoch) or (train.checkpoint and last_of_run):
                     self.save(model, rule, epoch + 1)
-            self.report(epoch + 1, len(data.train), len(data.train), train_loss, test_error)
+            self.report(epoch + 1, len(data.train), len(data.train), train_loss, test.error)
         if end < train.epochs:
             from bioscale.promote import paused
 
@@ -526,22 +526,17 @@ class Trainer:
                      f"1-{self.spec.train.epochs}; run again to redo the missing ones")
         result = JobResult(job_id=self.job.job_id, grid=self.job.grid, status=status, epochs=len(m),  # type: ignore[arg-type]
                            error=error)
-        if m:
-            evaluated = [r for r in m if r.test_error is not None]  # every epoch unless train.eval_every > 1
-            best = min(evaluated, key=lambda r: r.test_error) if evaluated else None  # type: ignore[arg-type, return-value]
-            result.test_error = best.test_error if best else None
-            result.best_epoch = best.epoch if best else None
-            train_errors = [r.train_error for r in m if r.train_error is not None]
-            result.train_error = min(train_errors) if train_errors else None
-            top5 = [r.top5_error for r in m if r.top5_error is not None]
-            result.top5_error = min(top5) if top5 else None
-            result.final_test_error = m[-1].test_error
-            result.epoch_time_s = statistics.median(r.epoch_time_s for r in m)
-            val = [r for r in m if r.val_error is not None]
-            if val:  # the epoch a selection on the validation set would keep
-                best_val = min(val, key=lambda r: r.val_error)
-                result.val_error, result.val_epoch = best_val.val_error, best_val.epoch
+        self.task.summarize(result, m)
         return result
+
+
+def _task(spec: JobSpec) -> tasks.Task:
+    """The job's task; an unknown dataset fails in ``build`` (recorded as the job's error), so here it falls
+    back to classification, whose summary of no epochs is empty."""
+    try:
+        return tasks.for_spec(spec)
+    except Exception:
+        return tasks.get("classification")
 
 
 class _Mismatch(CheckpointError):
@@ -571,38 +566,9 @@ def _ranges(numbers: list[int]) -> str:
     return ", ".join(out)
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, loader: Any, rule: Rule, group: distributed.Group | None = None
              ) -> tuple[float, float | None, float]:
-    """(top-1 error %, top-5 error % or None when there are 5 classes or fewer, mean cross-entropy).
-
-    With ``group`` the loader is sharded: each rank evaluates its rows and the counts are summed over the ranks
-    (a batch too small to split, which every rank holds whole, is evaluated by rank 0 only)."""
-    was_training = model.training
-    model.eval()
-    wrong1 = torch.zeros((), dtype=torch.long)
-    wrong5 = torch.zeros((), dtype=torch.long)
-    loss_sum = torch.zeros(())
-    n = 0
-    top5 = True
-    for x, y in loader:
-        shard = getattr(loader, "current_shard", None) if group is not None else None
-        if shard is not None and not shard.counts:
-            continue
-        with rule.autocast():
-            logits: Tensor = model(x)
-        logits = logits.float()
-        wrong1 = wrong1.to(logits.device) + (logits.argmax(1) != y).sum()
-        top5 = logits.shape[1] > 5
-        if top5:
-            hit = (logits.topk(5, dim=1).indices == y[:, None]).any(1)
-            wrong5 = wrong5.to(logits.device) + (~hit).sum()
-        loss_sum = loss_sum.to(logits.device) + nn.functional.cross_entropy(logits, y, reduction="sum")
-        n += len(y)
-    model.train(was_training)
-    w1, w5, total = float(wrong1), float(wrong5), float(loss_sum)
-    if group is not None:
-        w1, w5, total, n_f, not_top5 = group.sum([w1, w5, total, n, 0 if top5 else 1], "summing evaluation counts")
-        n, top5 = int(n_f), not_top5 == 0
-    n = max(n, 1)
-    return 100.0 * w1 / n, (100.0 * w5 / n if top5 else None), total / n
+    """(top-1 error %, top-5 error % or None, mean cross-entropy) of a classifier: ``bioscale.tasks``'s
+    classification task, kept under its old name."""
+    e = tasks.get("classification").evaluate(model, loader, rule, group)
+    return e.error, e.top5, e.loss  # type: ignore[return-value]

@@ -119,3 +119,20 @@ def test_xiao2018_cells_and_official_settings() -> None:
     # Xiao et al. tabulate nothing: the reference says so; BioTorch is the labelled second reference
     assert find_reference("imagenet", "resnet18", "ss", "")["note"] == "not tabulated"
     assert find_reference("imagenet", "resnet18", "ss", "", role="secondary")["test_error"] == 34.97
+
+
+def test_xiao2018_coco_is_bp_ss_fa_with_and_without_last_layer_bp() -> None:
+    jobs = _jobs("xiao2018-coco")
+    cells = sorted((j.spec.rule.name, j.spec.rule.params.get("last_layer_bp")) for j in jobs)
+    assert cells == [("bp", None), ("fa", False), ("fa", True), ("ss", False), ("ss", True)]
+    assert {(j.spec.dataset.name, j.spec.arch.name) for j in jobs} == {("coco", "retinanet")}
+    assert all(find_reference("coco", "retinanet", j.spec.rule.name, "")["note"] == "not tabulated" for j in jobs)
+    header = (GRIDS / "xiao2018-coco.yaml").read_text()
+    assert "The paper states neither the RetinaNet backbone nor whether it was ImageNet-pretrained" in header
+
+
+def test_detection_smoke_runs_the_same_rules_on_mnist_boxes() -> None:
+    smoke = sorted((j.spec.rule.name, j.spec.rule.params.get("last_layer_bp")) for j in _jobs("detection-smoke"))
+    coco = sorted((j.spec.rule.name, j.spec.rule.params.get("last_layer_bp")) for j in _jobs("xiao2018-coco"))
+    assert smoke == coco
+    assert {j.spec.dataset.name for j in _jobs("detection-smoke")} == {"mnist-boxes"}

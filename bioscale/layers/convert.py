@@ -83,14 +83,15 @@ def _twin(module: nn.Module, feedback: nn.Module) -> nn.Module:
 def convert_to_feedback(model: nn.Module, make_feedback: FeedbackFactory,
                         keep_bp: Iterable[nn.Module] = ()) -> ConversionReport:
     """Replace, in ``model``, every Linear/Conv2d/LocallyConnected2d not in ``keep_bp`` by a feedback layer
-    whose B is ``make_feedback(weight)``; return what was converted. Layers that are already feedback
-    layers are left as they are (converting twice is a no-op)."""
+    whose B is ``make_feedback(weight)``; return what was converted. A container in ``keep_bp`` keeps every
+    layer inside it. Layers that are already feedback layers are left as they are (converting twice is a
+    no-op)."""
     if type(model) in CONVERTIBLE:
         raise BioscaleError(
             f"cannot convert a bare {type(model).__name__} in place; wrap it in a container "
             "(e.g. nn.Sequential(layer)) and convert that."
         )
-    keep = {id(m) for m in keep_bp}
+    keep = {id(m) for kept in keep_bp for m in kept.modules()}
     report = ConversionReport()
     done: dict[int, nn.Module] = {}
     for name, module in list(model.named_modules(remove_duplicate=False)):

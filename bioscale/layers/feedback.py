@@ -124,8 +124,10 @@ class _SignBase(nn.Module):
     ``forward`` returns a fresh tensor (for ``feedback_weight``, diagnostics, anyone). ``for_step``, what the
     layer's training forward uses, writes the same values into ``workspace`` (a non-persistent buffer shaped
     like W): on the CPU a fresh W-sized tensor every step costs page faults worth ~15% of a small net's step.
-    The workspace is saved for backward, so overwriting it before that backward (a second training forward
-    through the layer first) is caught by autograd's in-place check, never silently used.
+    The workspace is saved for backward, so overwriting it before that backward would be caught by autograd's
+    in-place check; it is therefore refilled only when W (or the module's own tensors, e.g. a redrawn |M|)
+    changed since it was filled: a layer applied several times in one forward (RetinaNet's head convs, shared
+    by the five pyramid levels) reuses the same B, which is exactly sign(W) of the step.
     """
 
     workspace: Tensor | None
@@ -144,7 +146,15 @@ class _SignBase(nn.Module):
     def for_step(self, weight: Tensor) -> Tensor:
         if self.workspace is None or self.workspace.shape != weight.shape or self.workspace.dtype != weight.dtype:
             return self(weight)
-        return self._apply_sign(torch.sign(weight.detach(), out=self.workspace))
+        if torch.compiler.is_compiling():  # a traced graph recomputes B each call; no host-side bookkeeping
+            return self._apply_sign(torch.sign(weight.detach(), out=self.workspace))
+        key = (weight.data_ptr(), weight._version,
+               *(b._version for n, b in self.named_buffers(recurse=False) if n != "workspace"))
+        if key == getattr(self, "_filled_for", None):
+            return self.workspace
+        out = self._apply_sign(torch.sign(weight.detach(), out=self.workspace))
+        self._filled_for = key
+        return out
 
 
 class SignFeedback(_SignBase):

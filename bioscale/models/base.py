@@ -65,9 +65,13 @@ class LayeredNet(nn.Module):
 
 
 def output_module(model: nn.Module) -> nn.Module:
-    """The layer that produces the logits: a LayeredNet's last op, else the last Linear in the model."""
+    """The layer that produces the logits: a LayeredNet's last op, what the model's ``output_layers()`` returns
+    (a container when there are several, e.g. RetinaNet's two head output convs), else the last Linear."""
     if isinstance(model, LayeredNet):
         return model.output_layer.op
+    named = getattr(model, "output_layers", None)
+    if callable(named):
+        return named()
     last = None
     for module in model.modules():
         if isinstance(module, nn.Linear) or (hasattr(module, "feedback_weight") and module.weight.dim() == 2):

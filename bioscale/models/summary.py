@@ -122,7 +122,8 @@ def summarize(arch: ArchSpec, info: DataShape, batch_size: int) -> ArchSummary:
     x = torch.zeros((batch_size, *info.input_shape), device="meta")
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            model(x)
+            # a detector's training forward needs boxes: it names the part of it that is a plain forward
+            getattr(model, "summary_forward", model)(x)
     finally:
         for h in hooks:
             h.remove()

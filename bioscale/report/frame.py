@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-import statistics
 from typing import Any
 
 import pandas as pd
 
+from bioscale import tasks
 from bioscale.report.layers import layer_names
 from bioscale.report.names import arch_rank, column_rank, method_rank, paper_dataset
 from bioscale.report.references import find_reference
 from bioscale.select import flatten
+from bioscale.spec import JobResult
 from bioscale.store import Store, load_rows
 
 JOB_COLUMNS = [
@@ -19,9 +20,12 @@ JOB_COLUMNS = [
     "test_error", "top5_error", "final_test_error", "best_epoch", "epoch_time_s", "wall_time_s",
     "paper_train_error", "paper_test_error", "paper_top5_error", "delta", "paper_dataset", "paper_source",
     "paper_note", "second_test_error", "second_source", "setting", "error", "planned_epochs", "paper_setup",
+    "ap", "ap50", "ap75",
 ]
 """One row per job (``bioscale report --format csv/json``). design.md's columns are a stable interface: new
-columns go at the end, none is dropped or renamed."""
+columns go at the end, none is dropped or renamed. ``ap``/``ap50``/``ap75``: a detection job's COCO AP in % at
+its best epoch (the highest AP; ``bioscale.tasks``)."""
+DETECTION_METRICS = ("ap", "ap50", "ap75")
 # Columns that name a job's cell; everything else that varies within a grid goes into `setting`.
 CELL_KEYS = {"rule.name", "rule.params.schedule", "arch.name", "dataset.name", "seed"}
 INTEGERS = ("seed", "epochs", "best_epoch", "planned_epochs")
@@ -117,15 +121,12 @@ def _record(row: dict[str, Any], flat: dict[str, Any], varying: dict[str, list[s
     if row["spec"] is not None:
         rec["planned_epochs"] = row["spec"].train.epochs
     dataset, arch, rule, schedule = names["dataset"], names["arch"], names["rule"], names["schedule"]
-    if metrics:  # the metrics are the truth, also for a job that is still running
-        evaluated = [m for m in metrics if m.test_error is not None]  # all of them unless train.eval_every > 1
-        best = min(evaluated, key=lambda m: m.test_error) if evaluated else None
-        top5 = [m.top5_error for m in metrics if m.top5_error is not None]
-        train = [m.train_error for m in metrics if m.train_error is not None]
-        rec.update(train_error=min(train) if train else None, test_error=best.test_error if best else None,
-                   top5_error=min(top5) if top5 else None, final_test_error=metrics[-1].test_error,
-                   best_epoch=best.epoch if best else None,
-                   epoch_time_s=statistics.median(m.epoch_time_s for m in metrics))
+    if metrics:  # the metrics are the truth, also for a job that is still running; the task picks the best
+        summary = JobResult(job_id=row["job_id"], grid=row["grid"], status="running")
+        _task(dataset).summarize(summary, metrics)
+        rec.update(train_error=summary.train_error, test_error=summary.test_error, top5_error=summary.top5_error,
+                   final_test_error=summary.final_test_error, best_epoch=summary.best_epoch,
+                   epoch_time_s=summary.epoch_time_s, **{k: summary.metrics.get(k) for k in DETECTION_METRICS})
     if result is not None:
         rec["wall_time_s"] = result.wall_time_s
         rec["error"] = (result.error or "").strip().splitlines()[0] if result.error else None
@@ -148,6 +149,14 @@ def _record(row: dict[str, Any], flat: dict[str, Any], varying: dict[str, list[s
 def setting_of(flat: dict[str, Any], keys: list[str]) -> str:
     """The ``setting`` of a job: ``key=value`` for each of ``keys`` it has ("rule.params.last_layer_bp=true")."""
     return ", ".join(f"{k}={_text(flat[k])}" for k in keys if k in flat)
+
+
+def _task(dataset: str) -> tasks.Task:
+    """The dataset's task (classification for a dataset no longer registered: its numbers are errors)."""
+    try:
+        return tasks.for_dataset(dataset)
+    except Exception:
+        return tasks.get("classification")
 
 
 def _text(value: Any) -> str:
@@ -184,5 +193,6 @@ def load_curves(store: Store, grid: str | None = None) -> pd.DataFrame:
                 "layer_names": layer_names(row["spec"])}
         for m in row["metrics"]:
             records.append({**base, "epoch": m.epoch, "train_error": m.train_error, "test_error": m.test_error,
-                            "train_loss": m.train_loss, **m.diagnostics})
+                            "train_loss": m.train_loss, **{k: m.metrics.get(k) for k in DETECTION_METRICS},
+                            **m.diagnostics})
     return pd.DataFrame.from_records(records)

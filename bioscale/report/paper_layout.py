@@ -10,11 +10,15 @@ from typing import Any
 
 import pandas as pd
 
+from bioscale import tasks
 from bioscale.report.cells import fmt_delta, fmt_number, is_number, mean_std, setting_label
 from bioscale.report.names import column_of, method_of, method_rank
 from bioscale.report.summary import summarize
 
-METRIC_COLUMNS = {"train": "train_error", "test": "test_error", "top-5": "top5_error"}
+METRIC_COLUMNS = {"train": "train_error", "test": "test_error", "top-5": "top5_error", "AP": "ap", "AP50": "ap50",
+                  "AP75": "ap75"}
+HEADLINE = ("test", "AP")
+"""The column a paper note ("not tabulated") goes in: the test error, or a detection's AP."""
 NOT_FINISHED = ("diverged", "running", "pending", "failed")
 
 
@@ -91,7 +95,10 @@ def _rank_of(s: pd.DataFrame, method: str) -> tuple[Any, ...]:
 
 
 def _metrics(group: pd.DataFrame) -> list[str]:
-    """The paper's own columns (Table 1: train/test; Table 2: top-1/top-5); ours alone: all we have."""
+    """The paper's own columns (Table 1: train/test; Table 2: top-1/top-5); ours alone: all we have. A
+    detection panel (COCO AP of ours, or the paper's row of a detection dataset) shows AP, AP50, AP75."""
+    if group["ap"].notna().any() or any(_detection(d) for d in group["dataset"]):
+        return ["AP", "AP50", "AP75"]
     paper_train = group["paper_train_error"].notna().any()
     paper_top5 = group["paper_top5_error"].notna().any()
     metrics = ["train"] if paper_train or not paper_top5 else []
@@ -101,8 +108,15 @@ def _metrics(group: pd.DataFrame) -> list[str]:
     return metrics
 
 
+def _detection(dataset: str) -> bool:
+    try:
+        return tasks.for_dataset(dataset).name == "detection"
+    except Exception:  # a dataset no longer registered
+        return False
+
+
 def _paper_value(c: pd.Series, metric: str) -> Any:
-    return c[f"paper_{METRIC_COLUMNS[metric]}"]
+    return c.get(f"paper_{METRIC_COLUMNS[metric]}")  # no paper tabulates a detection number
 
 
 def _cell(c: pd.Series, metric: str, usual: int | None) -> str:
@@ -111,7 +125,7 @@ def _cell(c: pd.Series, metric: str, usual: int | None) -> str:
     col = METRIC_COLUMNS[metric]
     ours = mean_std(c[col], c[f"{col}_std"])
     paper = _paper_value(c, metric)
-    note = c["paper_note"] if metric == "test" and isinstance(c["paper_note"], str) else ""
+    note = c["paper_note"] if metric in HEADLINE and isinstance(c["paper_note"], str) else ""
     if is_number(paper):
         delta = fmt_delta(c[col] - paper) if is_number(c[col]) else ""
         text = f"{ours or '–'} ({fmt_number(paper)}{', ' + delta if delta else ''})"
@@ -142,6 +156,8 @@ def paper_legend(table: PaperTable, include_running: bool = False) -> str:
         text = (f"Cells: our best error in % as mean ± sample std over the {f'{n} ' if n else ''}seeds of one "
                 "setting" + (" ([n=k]: over k seeds)" if marked else ""))
     text += "; in parentheses the paper's number and ours minus the paper's."
+    if any("AP" in metrics for _, metrics in table.panels):
+        text += " Detection cells (AP, AP50, AP75): COCO AP in % at the epoch of the highest AP, higher is better."
     if table.statuses:
         counted = "done, diverged, running and interrupted" if include_running else "done and diverged"
         text += (f" [1 {table.statuses[0]}] and the like: the cell's jobs that are not done; means are over "

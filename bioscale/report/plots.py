@@ -132,8 +132,15 @@ def learning_figure(curves: pd.DataFrame) -> plt.Figure:
     keys = list(dict.fromkeys(curves["panel"]))
     colors = _colors(curves)
     fig, axes = _panels(len(keys))
+    kinds = set()
     for ax, panel in zip(axes, keys, strict=True):
         data = curves[curves["panel"] == panel]
+        if "ap" in data and data["ap"].notna().any():
+            _ap_panel(ax, data, colors)
+            ax.set_title(panel)
+            kinds.add("detection")
+            continue
+        kinds.add("classification")
         for line, group in data.groupby("line", sort=False):
             stats = group.groupby("epoch")[["train_error", "test_error"]].agg(["mean", "std"])
             test, std = stats[("test_error", "mean")], stats[("test_error", "std")]
@@ -152,9 +159,25 @@ def learning_figure(curves: pd.DataFrame) -> plt.Figure:
         ax.set_ylabel("error (%)" + (", log scale" if ax.get_yscale() == "log" else ""))
         ax.grid(alpha=0.3, which="major")
     handles = [plt.Line2D([], [], color=c, label=m) for m, c in colors.items()]
-    _legend(fig, handles, "test error: solid, band ± 1 std over seeds\ntrain error: dotted")
+    explained = {"classification": "test error: solid, band ± 1 std over seeds\ntrain error: dotted",
+                 "detection": "COCO AP (detection): solid, band ± 1 std over seeds"}
+    _legend(fig, handles, "\n".join(explained[k] for k in ("classification", "detection") if k in kinds))
     fig.suptitle("Learning curves (mean over seeds)")
     return fig
+
+
+def _ap_panel(ax: plt.Axes, data: pd.DataFrame, colors: dict[str, Any]) -> None:
+    """A detection panel: COCO AP (%) at the evaluated epochs (``train.eval_every``), mean over seeds with a
+    band of ± one std; higher is better, linear scale."""
+    for line, group in data.groupby("line", sort=False):
+        stats = group.dropna(subset=["ap"]).astype({"ap": float}).groupby("epoch")["ap"].agg(["mean", "std"])
+        ax.plot(stats.index, stats["mean"], color=colors[line], linewidth=1.6, marker="o", markersize=3)
+        if stats["std"].notna().any():
+            ax.fill_between(stats.index, stats["mean"] - stats["std"].fillna(0),
+                            stats["mean"] + stats["std"].fillna(0), color=colors[line], alpha=0.18, linewidth=0)
+    _epoch_axis(ax, data["epoch"])
+    ax.set_ylabel("COCO AP (%), higher is better")
+    ax.grid(alpha=0.3, which="major")
 
 
 def _epochs_text(values: pd.Series) -> str:

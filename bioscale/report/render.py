@@ -32,7 +32,7 @@ LAYOUTS = ("settings", "paper")
 
 TABLE_COLUMNS = ("grid", "rule", "schedule", "arch", "dataset", "setting", "seeds", "status", "epochs",
                  "train_error", "paper_train_error", "test_error", "paper_test_error", "delta", "top5_error",
-                 "paper_top5_error", "second_test_error", "paper_dataset", "epoch_time_s")
+                 "paper_top5_error", "second_test_error", "paper_dataset", "epoch_time_s", "ap", "ap50", "ap75")
 """What ``--columns`` may name in the settings tables (the csv/json names where the meaning is the same)."""
 DEFAULT_COLUMNS = ("rule", "arch", "dataset", "status", "epochs", "test_error", "paper_test_error", "delta")
 """The default table: what a reader compares, within 100 terminal columns (arch and dataset only where they
@@ -46,7 +46,7 @@ HEADERS = {
     "train_error": "train err %", "test_error": "test err %", "top5_error": "top-5 err %",
     "paper_train_error": "paper train %", "paper_test_error": "paper test %", "delta": "Δ test",
     "paper_top5_error": "paper top-5 %", "second_test_error": "BioTorch test %",
-    "paper_dataset": "paper data", "epoch_time_s": "s/epoch",
+    "paper_dataset": "paper data", "epoch_time_s": "s/epoch", "ap": "AP %", "ap50": "AP50 %", "ap75": "AP75 %",
 }
 TEXT_COLUMNS = {"grid", "rule", "schedule", "arch", "dataset", "setting", "status", "paper_dataset"}
 
@@ -163,8 +163,15 @@ def constant_note(frame: pd.DataFrame, columns: str | list[str] | None) -> list[
 
 def _default(s: pd.DataFrame) -> list[str]:
     """The default columns, plus top-5 where the paper reports it (ImageNet) and the second reference where
-    there is one (BioTorch's ResNet-18 numbers, where Xiao et al. tabulate none)."""
+    there is one (BioTorch's ResNet-18 numbers, where Xiao et al. tabulate none); detection's COCO AP, AP50
+    and AP75 where there are detection jobs (their test error column then only where classification jobs
+    have one too)."""
     out = list(DEFAULT_COLUMNS)
+    if s["ap"].notna().any():
+        at = out.index("test_error")
+        out[at:at] = ["ap", "ap50", "ap75"]
+        if not s["test_error"].notna().any():
+            out.remove("test_error")
     if s["paper_top5_error"].notna().any():
         out += ["top5_error", "paper_top5_error"]
     if s["second_test_error"].notna().any():
@@ -192,7 +199,7 @@ def _value(r: Any, col: str, fold: bool) -> str:
         return str(r.seeds)
     if col == "epochs":
         return epochs_cell(r.epochs_min, r.epochs_max, r.planned_epochs)
-    if col in ("train_error", "test_error", "top5_error"):
+    if col in ("train_error", "test_error", "top5_error", "ap", "ap50", "ap75"):
         return mean_std(getattr(r, col), getattr(r, f"{col}_std"))
     if col == "delta":
         return fmt_delta(r.delta)

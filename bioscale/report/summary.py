@@ -16,7 +16,9 @@ from bioscale.report.frame import PARTIAL, clean, in_means
 
 GROUP = ["grid", "rule", "schedule", "arch", "dataset", "setting"]
 STATUS_ORDER = ("done", "diverged", "running", "pending", "failed")
-METRICS = ("train_error", "test_error", "top5_error")
+METRICS = ("train_error", "test_error", "top5_error", "ap", "ap50", "ap75")
+HEADLINE = ("test_error", "ap")
+"""A job is in a setting's seeds when it has its task's best number: a test error, or a detection AP."""
 FIRST = ("paper_train_error", "paper_test_error", "paper_top5_error", "paper_note", "paper_dataset",
          "paper_source", "paper_setup", "second_test_error", "second_source")
 
@@ -26,7 +28,8 @@ def summarize(frame: pd.DataFrame, include_running: bool = False) -> pd.DataFram
     ``seeds`` (jobs in the means); ``status`` ("2 done, 1 running") and a count per status; ``partial``
     (unfinished jobs in the means, only with ``include_running``); ``epochs_min``/``epochs_max`` (of the jobs
     in the means; of all the setting's jobs where none is) and ``planned_epochs``; ``<metric>`` (mean) and
-    ``<metric>_std`` (sample std; None under two values) for train, test and top-5 error; ``delta`` (mean
+    ``<metric>_std`` (sample std; None under two values) for train, test and top-5 error and detection's AP,
+    AP50, AP75; ``delta`` (mean
     test error minus the paper's); ``epoch_time_s`` (median); the paper's numbers and notes as in the frame."""
     counted = in_means(frame, include_running)
     rows = []
@@ -35,7 +38,7 @@ def summarize(frame: pd.DataFrame, include_running: bool = False) -> pd.DataFram
         row: dict[str, Any] = dict(zip(GROUP, key, strict=True))
         counts = group["status"].value_counts()
         row["jobs"] = len(group)
-        row["seeds"] = int(used["test_error"].notna().sum())
+        row["seeds"] = int(used[list(HEADLINE)].notna().any(axis=1).sum())
         row["status"] = ", ".join(f"{counts[s]} {s}" for s in STATUS_ORDER if s in counts)
         for s in STATUS_ORDER:
             row[s] = int(counts.get(s, 0))

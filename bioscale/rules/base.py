@@ -25,6 +25,7 @@ torch = lazy("torch")
 nn = lazy("torch.nn")
 models_base = lazy("bioscale.models.base")
 optimisers = lazy("bioscale.optim")
+tasks = lazy("bioscale.tasks")
 
 
 class BPParams(Strict):
@@ -52,6 +53,8 @@ class Rule(ABC):
         self.device = torch.device("cpu")
         self.amp = False
         self.criterion = nn.CrossEntropyLoss()
+        self.task = tasks.get("classification")
+        """How a batch becomes a loss (``bioscale.tasks``); the trainer sets the job's task."""
         self.shard: BatchShard | None = None
         """In a distributed job, which rows of the global batch this rank's ``train_step`` holds (set by the
         trainer before each step); None in a single process."""
@@ -162,13 +165,13 @@ class BackwardRule(Rule):
         """Swap layers for the rule's feedback layers; backprop keeps the model as it is."""
         return model
 
-    def rule_backward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """Forward, loss and the rule's backward pass (gradients accumulate; no step): (loss, logits).
-        The feedback layers change what this computes; DFA overrides it."""
+    def rule_backward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Forward, loss and the rule's backward pass (gradients accumulate; no step): (loss, logits; None for
+        a task without class scores, e.g. detection). The job's task (``self.task``) turns the batch into the
+        loss; the feedback layers change what its backward computes; DFA overrides it."""
         assert self.model is not None
         with self.autocast():
-            logits = self.model(x)
-            loss = self.criterion(logits, y)
+            loss, logits = self.task.loss(self.model, x, y, self.criterion)
         loss.backward()
         return loss, logits
 
@@ -182,7 +185,7 @@ class BackwardRule(Rule):
             optimisers.batch_manhattan_(opt)
         opt.step()
         self.after_step()
-        return StepOutput(loss.detach(), logits.detach())
+        return StepOutput(loss.detach(), logits.detach() if logits is not None else None)
 
     def before_step(self) -> None:
         """Hook between backward and the optimiser step (e.g. Kolen-Pollack's feedback update)."""

@@ -86,8 +86,16 @@ def test_sign_workspace_is_reused_and_guarded() -> None:
     torch.testing.assert_close(x.grad, g @ (torch.sign(layer.weight) * 0.5), rtol=0, atol=1e-12)
     assert layer.feedback.workspace is ws
     torch.testing.assert_close(ws, torch.sign(layer.weight) * 0.5, rtol=0, atol=0)
-    # two training forwards before the first backward: the overwrite is caught, never silently used
+    # two training forwards before the first backward with the same W (a layer shared by several inputs, as
+    # RetinaNet's head convs): B is sign(W) of this W for both, so the workspace is reused, not rewritten
+    x.grad = None
+    out1, out2 = layer(x), layer(x)
+    (out1 + out2).backward(g)
+    torch.testing.assert_close(x.grad, 2 * g @ (torch.sign(layer.weight) * 0.5), rtol=0, atol=1e-12)
+    # W changed in between: the refill is caught by autograd, never silently used
     out1 = layer(x)
+    with torch.no_grad():
+        layer.weight.neg_()
     layer(x)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         out1.backward(g)

@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from bioscale import tasks
 from bioscale.catalog import ARCHS, DATASETS, RULES, compat
 from bioscale.data.base import DataShape
 from bioscale.models import build_model
@@ -27,8 +28,9 @@ CASES = [
 
 
 def _smallest_dataset(rule: str, arch: str) -> str | None:
-    """The registered classification dataset with the fewest input pixels this pair can run on."""
-    fits = [d for d in DATASETS.values() if d.task == "classification" and compat.compatible(rule, arch, d.name)]
+    """The registered dataset of the arch's task with the fewest input pixels this pair can run on."""
+    task = ARCHS.get(arch).task
+    fits = [d for d in DATASETS.values() if d.task == task and compat.compatible(rule, arch, d.name)]
     return min(fits, key=lambda d: (math.prod(d.input_shape), d.order)).name if fits else None
 
 
@@ -62,10 +64,19 @@ def test_one_step_is_finite_and_changes_every_parameter(rule_name, arch, info):
     rule = entry.impl(entry.params(), OptimSpec(name="adam", lr=1e-3), OptimSpec(name="adam", lr=1e-3))
     model = rule.prepare(model)
     rule.setup(torch.device("cpu"))
+    rule.task = tasks.get(ARCHS.get(arch).task)
     before = [p.detach().clone() for p in model.parameters()]
-    x = torch.randn(4, *info.input_shape)
-    y = torch.arange(4) % info.num_classes
-    out = rule.train_step(x, y)
-    assert torch.isfinite(out.loss) and out.logits.shape == (4, info.num_classes)
+    if rule.task.name == "detection":  # images of the data's size, one box of each class
+        x = [torch.rand(*info.input_shape) for _ in range(2)]
+        side = info.input_shape[-1]
+        y = [{"boxes": torch.tensor([[side * 0.1, side * 0.2, side * 0.6, side * 0.7]]), "labels": torch.tensor([k])}
+             for k in range(2)]
+        out = rule.train_step(x, y)
+        assert torch.isfinite(out.loss) and out.logits is None
+    else:
+        x = torch.randn(4, *info.input_shape)
+        y = torch.arange(4) % info.num_classes
+        out = rule.train_step(x, y)
+        assert torch.isfinite(out.loss) and out.logits.shape == (4, info.num_classes)
     changed = [not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True)]
     assert all(changed)
