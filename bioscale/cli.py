@@ -17,6 +17,8 @@ from bioscale.interrupts import Interrupted
 from bioscale.store import DEFAULT_RESULTS
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import pandas as pd
 
     from bioscale.job import Job
@@ -377,22 +379,28 @@ def status(
     where: WhereOpt = None,
     only: OnlyOpt = None,
     format_: Annotated[StatusFormat, typer.Option("--format", help="table or json.")] = StatusFormat.table,
+    watch: Annotated[bool, typer.Option("--watch", help="Redraw the table every --interval seconds until "
+                                                          "Ctrl-C.")] = False,
+    interval: Annotated[float, typer.Option(min=0.5, help="Seconds between redraws with --watch.")] = 5.0,
 ) -> None:
     """Where each job stands: queued (submitted to Slurm, not started), running (and who holds it), pending,
-    done, failed or diverged; its epochs, its Slurm job id and the first line of its note."""
-    from rich.table import Table
+    done, failed or diverged; its epochs, the last and best test error (detection: AP), an ETA for a running
+    job (its median epoch time x epochs left), its Slurm job id and the first line of its note."""
 
     from bioscale.grid import parse_set
     from bioscale.runner import expand_grid
     from bioscale.select import parse_selection, select_jobs
-    from bioscale.slurm import count_states, status_json, status_rows
+    from bioscale.status import status_json, status_rows, status_table, summary_line
     from bioscale.store import Store
 
     store = Store(results)
     selection = parse_selection(where, only)
     if grid is not None and (grid.endswith((".yaml", ".yml")) or Path(grid).is_file()):
         spec, jobs = expand_grid(Path(grid), set_ or [])
-        rows = status_rows(store, jobs=select_jobs(jobs, selection, spec, parse_set(set_ or [])))
+        chosen = select_jobs(jobs, selection, spec, parse_set(set_ or []))
+
+        def read_rows() -> list[dict[str, object]]:
+            return status_rows(store, jobs=chosen)
     else:
         if set_:
             raise BioscaleError("--set needs a grid file: `bioscale status grids/NAME.yaml --set ...`.")
@@ -400,26 +408,48 @@ def status(
             known = ", ".join(store.grids()) or "none"
             raise BioscaleError(f"No jobs of grid {grid!r} in {results}. Grids there: {known}. Give the grid file "
                                 f"instead (`bioscale status grids/{grid}.yaml`) to list jobs not submitted yet.")
-        rows = status_rows(store, grid)
-        if selection:
-            ids = _store_selection(store, grid, selection)
-            rows = [r for r in rows if (r["grid"], r["job_id"]) in ids]
+        ids = _store_selection(store, grid, selection) if selection else None
+
+        def read_rows() -> list[dict[str, object]]:
+            rows = status_rows(store, grid)
+            return rows if ids is None else [r for r in rows if (r["grid"], r["job_id"]) in ids]
+    rows = read_rows()
     if format_ is StatusFormat.json:
         sys.stdout.write(status_json(rows))
         return
-    table = Table(box=None, pad_edge=False, show_edge=False)
-    for name in ("grid", "job_id", "job", "status", "epochs", "scheduler", "where", "note"):
-        table.add_column(name, overflow="fold" if name == "note" else "ellipsis")
-    for row in rows:
-        epochs = f"{row['epochs']}/{row['of']}" if row["of"] is not None else str(row["epochs"])
-        table.add_row(*(escape(str(v)) for v in (row["grid"], row["job_id"], row["job"], row["status"], epochs,
-                                                  row["scheduler"], row["where"], row["note"])))
-    out.print(table)
-    counts = count_states(rows)
-    err.print(f"{len(rows)} jobs: " + (", ".join(f"{n} {s}" for s, n in counts.items()) or "none"), highlight=False)
+    if watch:
+        _watch(read_rows, interval)
+        return
+    out.print(status_table(rows))
+    err.print(summary_line(rows), highlight=False)
     if not rows and results == DEFAULT_RESULTS:
         err.print(f"No jobs in {DEFAULT_RESULTS}/, where `bioscale run` writes by default.{_elsewhere()}",
                   markup=False, highlight=False, soft_wrap=True)
+
+
+def _watch(read_rows: Callable[[], list[dict[str, object]]], interval: float) -> None:
+    """Redraw the status table from the store every ``interval`` seconds; Ctrl-C stops watching (exit 0: it
+    only reads, nothing runs here)."""
+    import time
+
+    from rich.console import Group
+    from rich.live import Live
+    from rich.text import Text
+
+    from bioscale.status import status_table, summary_line
+
+    def view() -> Group:
+        rows = read_rows()
+        stamp = time.strftime("%H:%M:%S")
+        return Group(status_table(rows), Text(f"{summary_line(rows)}  (read {stamp}; Ctrl-C stops watching)"))
+
+    try:
+        with Live(view(), console=out, auto_refresh=False, transient=False) as live:
+            while True:
+                time.sleep(interval)
+                live.update(view(), refresh=True)
+    except KeyboardInterrupt:
+        return
 
 
 def _store_selection(store: Store, grid: str | None, selection: Selection) -> set[tuple[str, str]]:

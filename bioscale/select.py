@@ -23,7 +23,7 @@ from bioscale.gridfile import parse_set
 from bioscale.job import Job, job_label
 
 if TYPE_CHECKING:
-    from bioscale.spec import GridSpec
+    from bioscale.spec import GridSpec, JobSpec
     from bioscale.store import Store
 
 ID_PREFIX = re.compile(r"[0-9a-f]{4,}")
@@ -82,20 +82,23 @@ def store_candidates(store: Store, grid: str | None = None) -> list[Candidate]:
     """Every job recorded in ``store``, labelled as a grid file would label it:
     the keys that vary between a grid's jobs stand in for its axes."""
     found = [(gname, jdir.job_id, jdir.read_spec()) for gname, jdir in store.jobs(grid)]
-    flats = {(g, i): flatten(s.model_dump(mode="json")) for g, i, s in found if s is not None}
-    varying: dict[str, list[str]] = {}
-    for g in {g for g, _, _ in found}:
-        items = [f for (fg, _), f in flats.items() if fg == g]
-        keys = sorted({k for f in items for k in f} - LABEL_KEYS)
-        # among the jobs that have the key: parameters only some rules have do not count as varying
-        varying[g] = [k for k in keys if len({repr(f[k]) for f in items if k in f}) > 1]
+    flats = {(g, i): setting_flat(s) for g, i, s in found if s is not None}
+    def cell(g: str, flat: dict[str, Any]) -> tuple[Any, ...]:  # what the label always shows, seed aside
+        return (g, *(flat.get(k) for k in sorted(LABEL_KEYS - {"seed"})))
+
+    cells: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for (g, _), flat in flats.items():
+        cells.setdefault(cell(g, flat), []).append(flat)
+    # per cell, as the report's settings: a key that differs only between rules (their defaults) is no axis
+    varying = {c: sorted(k for k in {k for f in items for k in f} - LABEL_KEYS
+                         if len({repr(f.get(k)) for f in items}) > 1) for c, items in cells.items()}
     out = []
     for g, job_id, spec in found:
         if spec is None:
             out.append(Candidate(g, job_id, None, "?"))
             continue
         flat = flats[(g, job_id)]
-        axes = {k: flat[k] for k in varying[g] if k in flat}
+        axes = {k: flat[k] for k in varying[cell(g, flat)] if k in flat}
         out.append(Candidate(g, job_id, spec.model_dump(mode="json"), job_label(spec, axes)))
     return out
 
@@ -225,6 +228,15 @@ def _text(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
+
+
+def setting_flat(spec: JobSpec) -> dict[str, Any]:
+    """A job's spec as dotted keys without its run-time fields (``spec.RUNTIME_FIELDS``: device, loader workers,
+    optimiser implementation, checkpoint and diagnostics cadence): what it computes, which is what a label, a
+    report's ``setting`` and a search's varied keys are made of."""
+    from bioscale.spec import RUNTIME_FIELDS
+
+    return flatten(spec.model_dump(mode="json", exclude=RUNTIME_FIELDS))  # type: ignore[arg-type]
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

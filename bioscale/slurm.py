@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import getpass
-import json
 import os
 import shutil
 import socket
@@ -726,65 +725,3 @@ def _user() -> str:
         return getpass.getuser()
     except Exception:  # no user name in the environment or passwd (some containers)
         return str(os.getuid())
-
-
-# -- bioscale status -----------------------------------------------------------------------------------------
-STATES = ("queued", "running", "pending", "done", "failed", "diverged")
-
-
-def status_rows(store: Store, grid: str | None = None, jobs: Sequence[Job] | None = None,
-                queue: Queue | None = None) -> list[dict[str, Any]]:
-    """One row per job: the store's status, or ``queued`` where a live scheduler job has it and no process
-    holds it yet; epochs done/total, the scheduler id, who holds it, and the first line of its note. ``jobs``
-    (from a grid file) adds the jobs not recorded yet."""
-    from bioscale.claims import live_lease
-    from bioscale.job import job_label
-
-    queue = queue or Queue()
-    entries: list[tuple[str, JobDir, Job | None]] = []
-    if jobs is not None:
-        entries = [(j.grid, store.job_dir(j.grid, j.job_id), j) for j in jobs]
-    else:
-        entries = [(g, jdir, None) for g, jdir in store.jobs(grid)]
-    records = {jdir.path: read_submission(jdir.path) for _, jdir, _ in entries}
-    live = queue.live(r for r in records.values() if r is not None)
-    rows = []
-    for gname, jdir, job in entries:
-        state = jdir.inspect()
-        spec = state.spec or (job.spec if job else None)
-        record = records[jdir.path]
-        status = state.status
-        queued = record is not None and (record.job_id or f"submitting-{record.pid}") in live
-        if status in ("pending", "failed") and queued:
-            status = "queued"
-        lease = live_lease(jdir.path) if state.leased else None
-        if lease is not None:
-            where = f"{lease.host} pid {lease.pid}"
-        elif status == "queued" and record is not None:
-            when = datetime.fromtimestamp(record.submitted_at)
-            where = f"since {when:%H:%M}" if when.date() == datetime.now().date() else f"since {when:%Y-%m-%d %H:%M}"
-        else:
-            where = ""
-        note = (state.result.error if state.result and state.result.error else "; ".join(state.problems))
-        rows.append({
-            "grid": gname, "job_id": jdir.job_id, "job": job_label(spec, {}) if spec else "?", "status": status,
-            "epochs": len(state.metrics), "of": spec.train.epochs if spec else None,
-            "scheduler": f"{record.cluster} {record.job_id}" if record and record.job_id else "",
-            "where": where, "note": _first_line(note)})
-    return rows
-
-
-def _first_line(text: str | None) -> str:
-    lines = (text or "").strip().splitlines()
-    return lines[0][:200] if lines else ""
-
-
-def status_json(rows: list[dict[str, Any]]) -> str:
-    return json.dumps(rows, indent=2) + "\n"
-
-
-def count_states(rows: list[dict[str, Any]]) -> dict[str, int]:
-    counts = {s: 0 for s in STATES}
-    for row in rows:
-        counts[row["status"]] = counts.get(row["status"], 0) + 1
-    return {k: v for k, v in counts.items() if v}

@@ -20,7 +20,6 @@ import pytest
 import yaml
 
 import bioscale
-from bioscale import slurm
 from bioscale.claims import read_lease
 from bioscale.errors import BioscaleError, GridError
 from bioscale.events import JobFinished, JobStarted
@@ -29,6 +28,7 @@ from bioscale.provenance import scheduler_from_env
 from bioscale.runner import expand_grid
 from bioscale.slurm import Queue, SlurmExecutor, SlurmParams, Submission, read_submission, submitit_parameters
 from bioscale.spec import JobResult, Resources
+from bioscale.status import status_rows
 from bioscale.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
@@ -194,7 +194,7 @@ def test_per_job_resources_make_one_array_each_and_queued_jobs_are_not_resubmitt
     again = SlurmExecutor.from_params({})
     assert bioscale.run_grid(grid, results, executor=again).counts == {"pending": 4}
     assert len(_scripts(fake_slurm)) == 2 and len(again.already_queued) == 4 and not again.submissions
-    rows = slurm.status_rows(store, "tiny")
+    rows = status_rows(store, "tiny")
     assert {r["status"] for r in rows} == {"queued"} and {r["scheduler"] for r in rows} == \
         {"slurm 1001_0", "slurm 1001_1", "slurm 1002_0", "slurm 1002_1"}
     status = bioscale_cli("status", "tiny", "--results", str(results), env={"PATH": os.environ["PATH"]})

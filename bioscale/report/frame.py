@@ -11,7 +11,7 @@ from bioscale import tasks
 from bioscale.report.layers import layer_names
 from bioscale.report.names import arch_rank, column_rank, method_rank, paper_dataset
 from bioscale.report.references import find_reference
-from bioscale.select import flatten
+from bioscale.select import setting_flat
 from bioscale.spec import JobResult
 from bioscale.store import Store, load_rows
 
@@ -61,9 +61,8 @@ def load_frame(store: Store, grid: str | None = None) -> pd.DataFrame:
 
 def spec_flats(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each row's spec as dotted keys (``{}`` where it cannot be read), without the keys that do not change
-    what a job computes (device, loader workers)."""
-    return [flatten(r["spec"].model_dump(mode="json", exclude={"train": {"device", "num_workers"}}))
-            if r["spec"] is not None else {} for r in rows]
+    what a job computes (``bioscale.select.setting_flat``)."""
+    return [setting_flat(r["spec"]) if r["spec"] is not None else {} for r in rows]
 
 
 def frame_from_rows(rows: list[dict[str, Any]]) -> pd.DataFrame:

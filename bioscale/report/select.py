@@ -12,7 +12,6 @@ count as tried, not as candidates. ``choose`` is handed validation numbers only:
 
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +21,7 @@ import pandas as pd
 from bioscale.errors import BioscaleError
 from bioscale.report.frame import clean, load_frame
 from bioscale.report.names import column_of, method_of, paper_dataset
+from bioscale.select import flatten, setting_flat
 from bioscale.spec import EpochMetrics
 from bioscale.store import Store, load_rows
 
@@ -169,25 +169,15 @@ def _searched(cell: pd.DataFrame, rows: dict[tuple[str, str], dict[str, Any]]) -
     for job in cell.itertuples(index=False):
         spec = rows[(job.grid, job.job_id)]["spec"]
         if spec is not None:
-            flats.append(_flatten(spec.model_dump(mode="json", exclude={"seed": True})))
-    keys = sorted({k for f in flats for k in f if len({json.dumps(f.get(k)) for f in flats}) > 1})
+            flats.append({k: v for k, v in setting_flat(spec).items() if k != "seed"})
+    keys = sorted({k for f in flats for k in f if len({repr(f.get(k)) for f in flats}) > 1})
     return sorted(keys, key=lambda k: (list(SHORT).index(k) if k in SHORT else len(SHORT), k))
-
-
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and value:
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def _get(spec: Any, key: str) -> Any:
     if spec is None:
         return None
-    return _flatten(spec.model_dump(mode="json")).get(key)
+    return flatten(spec.model_dump(mode="json")).get(key)
 
 
 def _text(value: Any) -> str | None:
