@@ -308,7 +308,8 @@ class Trainer:
             self.metrics.append(EpochMetrics(
                 epoch=epoch + 1, train_loss=train_loss, train_error=train_error, test_error=test.error,
                 test_loss=test.loss, top5_error=test.top5, epoch_time_s=train_time, lr=rule.current_lr(),
-                diagnostics=diagnostics, metrics=test.metrics, val_error=val.error, val_loss=val.loss))
+                diagnostics=diagnostics, metrics={**test.metrics, **_skipped(data)}, val_error=val.error,
+                val_loss=val.loss))
             lost = self.owns is not None and not self.owns()
             if group is not None:
                 distributed.check_replicas(group, model, rule, f"after epoch {epoch + 1}")
@@ -537,6 +538,15 @@ def _task(spec: JobSpec) -> tasks.Task:
         return tasks.for_spec(spec)
     except Exception:
         return tasks.get("classification")
+
+
+def _skipped(data: DataBundle) -> dict[str, float]:
+    """``{"skipped_images": N}`` when the job's loaders have skipped N unreadable samples so far (a loader
+    that can skip one, e.g. COCO's, counts them in ``skipped`` and warns with the file's name), else ``{}``:
+    a damaged file is a count in the job's metrics, never a crash mid-epoch and never silent."""
+    loaders = (data.train, data.test, getattr(data, "train_eval", None), getattr(data, "validation", None))
+    n = sum(int(getattr(loader, "skipped", 0) or 0) for loader in {id(x): x for x in loaders if x is not None}.values())
+    return {"skipped_images": float(n)} if n else {}
 
 
 class _Mismatch(CheckpointError):

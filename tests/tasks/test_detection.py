@@ -48,6 +48,18 @@ def test_detection_job_trains_and_its_loss_goes_down(tmp_path: Path, rule: str) 
         assert result.rule_setup.startswith("converted 38 Conv2d")
 
 
+def test_an_unreadable_image_is_counted_in_the_jobs_metrics_not_a_crash(tmp_path: Path) -> None:
+    from bioscale.data.mnist_boxes import MnistBoxesParams, build
+
+    job = _job(tmp_path, "bp", epochs=2, eval_every=2)
+    folder = build(MnistBoxesParams.model_validate(job.spec.dataset.params))
+    (folder / "train2017" / "000002.png").write_bytes(b"\x89PNG truncated")
+    result = run_job(job, Store(tmp_path / "results"))
+    assert result.status == "done", result.error
+    rows = [json.loads(line) for line in (tmp_path / "results" / "det" / job.job_id / "metrics.jsonl").open()]
+    assert [r["metrics"]["skipped_images"] for r in rows] == [1.0, 2.0]  # once per epoch, counted as it goes
+
+
 def test_best_detection_epoch_is_the_highest_ap() -> None:
     rows = [EpochMetrics(epoch=e, train_loss=1.0, epoch_time_s=1.0, metrics=m)
             for e, m in ((1, {"ap": 3.0}), (2, {}), (3, {"ap": 7.5}), (4, {"ap": 7.5}), (5, {"ap": 1.0}))]
