@@ -10,6 +10,21 @@ from torch.optim import Optimizer
 
 from bioscale.spec import OptimSpec
 
+_steps = 0
+
+
+def steps() -> int:
+    """Optimiser steps taken in this process by optimisers from ``build_optimizer``. A fused step updates the
+    parameters in place without bumping their version counters (torch 2.14's ``_fused_adam_``/``_fused_sgd_``),
+    so a cache keyed on a parameter's version alone (the sign workspaces of ``bioscale.layers.feedback``)
+    would miss it; such caches key on this count too."""
+    return _steps
+
+
+def _count_step(*_: Any) -> None:
+    global _steps
+    _steps += 1
+
 
 def build_optimizer(param_groups: Iterable[dict[str, Any]], spec: OptimSpec) -> Optimizer:
     groups = [dict(g) for g in param_groups]
@@ -18,10 +33,13 @@ def build_optimizer(param_groups: Iterable[dict[str, Any]], spec: OptimSpec) -> 
         g["initial_lr"] = g["lr"]
     flags = impl_flags(spec.impl, [p for g in groups for p in g["params"]])
     if spec.name == "adam":
-        return torch.optim.Adam(groups, lr=spec.lr, betas=spec.betas, eps=spec.eps,
-                                weight_decay=spec.weight_decay, **flags)
-    return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay,
-                           nesterov=spec.nesterov, **flags)
+        opt: Optimizer = torch.optim.Adam(groups, lr=spec.lr, betas=spec.betas, eps=spec.eps,
+                                          weight_decay=spec.weight_decay, **flags)
+    else:
+        opt = torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay,
+                              nesterov=spec.nesterov, **flags)
+    opt.register_step_post_hook(_count_step)
+    return opt
 
 
 def impl_flags(impl: str, params: list[torch.Tensor]) -> dict[str, bool | None]:

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bioscale import optim
 from bioscale.errors import BioscaleError
 from bioscale.layers.locally_connected import LocallyConnected2d
 
@@ -126,8 +127,9 @@ class _SignBase(nn.Module):
     like W): on the CPU a fresh W-sized tensor every step costs page faults worth ~15% of a small net's step.
     The workspace is saved for backward, so overwriting it before that backward would be caught by autograd's
     in-place check; it is therefore refilled only when W (or the module's own tensors, e.g. a redrawn |M|)
-    changed since it was filled: a layer applied several times in one forward (RetinaNet's head convs, shared
-    by the five pyramid levels) reuses the same B, which is exactly sign(W) of the step.
+    changed since it was filled (its version, or an optimiser step: ``bioscale.optim.steps``): a layer applied
+    several times in one forward (RetinaNet's head convs, shared by the five pyramid levels) reuses the same
+    B, which is exactly sign(W) of the step.
     """
 
     workspace: Tensor | None
@@ -148,7 +150,8 @@ class _SignBase(nn.Module):
             return self(weight)
         if torch.compiler.is_compiling():  # a traced graph recomputes B each call; no host-side bookkeeping
             return self._apply_sign(torch.sign(weight.detach(), out=self.workspace))
-        key = (weight.data_ptr(), weight._version,
+        # an optimiser step changes W: a fused one without bumping W's version, hence the step count
+        key = (optim.steps(), weight.data_ptr(), weight._version,
                *(b._version for n, b in self.named_buffers(recurse=False) if n != "workspace"))
         if key == getattr(self, "_filled_for", None):
             return self.workspace

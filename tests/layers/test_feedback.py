@@ -101,6 +101,30 @@ def test_sign_workspace_is_reused_and_guarded() -> None:
         out1.backward(g)
 
 
+@pytest.mark.parametrize("impl", ["fused", "foreach", "loop"])
+def test_sign_workspace_follows_every_optimiser_step(impl: str) -> None:
+    """A fused step changes W in place without bumping its version: B must still be sign(W) of the W each
+    step's forward sees, for every optimiser implementation."""
+    from bioscale.optim import build_optimizer
+    from bioscale.spec import OptimSpec
+
+    torch.manual_seed(3)
+    layer = FeedbackLinear(6, 3, feedback=SignFeedback(0.5, torch.empty(3, 6)))
+    opt = build_optimizer([{"params": [layer.weight, layer.bias]}],
+                          OptimSpec(name="sgd", lr=5.0, impl=impl))  # large steps: signs of W flip
+    x, g = torch.randn(4, 6, requires_grad=True), torch.randn(4, 3)
+    flips = 0
+    for _ in range(4):
+        before = torch.sign(layer.weight.detach()).clone()
+        x.grad = None
+        opt.zero_grad()
+        layer(x).backward(g)
+        torch.testing.assert_close(x.grad, g @ (torch.sign(layer.weight) * 0.5), rtol=0, atol=1e-12)
+        opt.step()
+        flips += int((torch.sign(layer.weight.detach()) != before).sum())
+    assert flips > 0  # the check above saw W's signs change between steps
+
+
 def test_sign_magnitude_feedback_is_abs_m_times_sign_w_and_redraws() -> None:
     torch.manual_seed(1)
     w = torch.randn(4, 3)
