@@ -142,11 +142,17 @@ def summarize(arch: ArchSpec, info: DataShape, batch_size: int) -> ArchSummary:
 
 
 def _backward_peak(model: nn.Module, x: Tensor, num_classes: int) -> int:
-    """Peak live bytes of a forward pass, the cross-entropy loss and the backward pass, on the meta device."""
+    """Peak live bytes of a forward pass, the loss and the backward pass, on the meta device. A classifier's
+    loss is the cross-entropy of its logits; a detector's (``summary_forward``: backbone, FPN and heads, whose
+    real loss needs boxes) a sum over its outputs, which backpropagates through the same graph."""
     y = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
     tracker = _LiveBytes()
     with tracker:
-        loss = nn.functional.cross_entropy(model(x), y)
+        out = getattr(model, "summary_forward", model)(x)
+        if isinstance(out, Tensor):
+            loss = nn.functional.cross_entropy(out, y)
+        else:
+            loss = sum(t.float().sum() for t in tree_flatten(out)[0] if isinstance(t, Tensor))
         loss.backward()
         grads = [p.grad for p in model.parameters()]  # held until the step, as the optimiser holds them
     del grads, loss
