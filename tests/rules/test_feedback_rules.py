@@ -477,24 +477,29 @@ def test_fa_dfa_ss_train_the_fc_net_on_mnist5k_close_to_bp() -> None:
         optim = OptimSpec(name="adam", lr=1e-3)
         rule = BP(BackwardParams(), optim) if name == "bp" else (
             DFA if name == "dfa" else FA if name == "fa" else SignSymmetry)(BackwardParams(), optim)
-        rule.prepare(net)
-        rule.setup(torch.device("cpu"))
-        for epoch in range(4):
-            data.train.set_epoch(epoch)
-            net.train()
-            for x, y in data.train:
-                rule.train_step(x, y)
-        net.eval()
-        wrong = total = 0
-        with torch.no_grad():
-            for x, y in data.test:
-                wrong += int((net(x).argmax(1) != y).sum())
-                total += len(y)
-        errors[name] = 100.0 * wrong / total
+        errors[name] = _train_then_test_error(rule, net, data, epochs=4)
     print(errors)
     assert errors["bp"] < 15.0, errors
     for name in ["fa", "dfa", "ss"]:
         assert errors[name] < errors["bp"] + 5.0, errors
+
+
+def _train_then_test_error(rule: object, net: nn.Module, data: object, epochs: int) -> float:
+    """Train ``net`` under ``rule`` for ``epochs`` epochs of ``data.train``; its test error in %."""
+    rule.prepare(net)  # type: ignore[attr-defined]
+    rule.setup(torch.device("cpu"))  # type: ignore[attr-defined]
+    for epoch in range(epochs):
+        data.train.set_epoch(epoch)  # type: ignore[attr-defined]
+        net.train()
+        for x, y in data.train:  # type: ignore[attr-defined]
+            rule.train_step(x, y)  # type: ignore[attr-defined]
+    net.eval()
+    wrong = total = 0
+    with torch.no_grad():
+        for x, y in data.test:  # type: ignore[attr-defined]
+            wrong += int((net(x).argmax(1) != y).sum())
+            total += len(y)
+    return 100.0 * wrong / total
 
 
 @pytest.mark.slow
@@ -514,21 +519,8 @@ def test_kp_default_aligns_every_layer_of_the_mnist_fc_net_within_20_epochs() ->
         torch.manual_seed(0)
         net = build_fc(FCParams(), data.info)
         rule = make_rule("kp", optim=optim, **params)
-        rule.prepare(net)
-        rule.setup(torch.device("cpu"))
-        for epoch in range(20):
-            data.train.set_epoch(epoch)
-            net.train()
-            for x, y in data.train:
-                rule.train_step(x, y)
-        net.eval()
-        wrong = total = 0
-        with torch.no_grad():
-            for x, y in data.test:
-                wrong += int((net(x).argmax(1) != y).sum())
-                total += len(y)
-        layers = [layer.op for layer in net.layers]
-        return [angle_deg(op.weight, op.feedback_weight) for op in layers], 100.0 * wrong / total
+        error = _train_then_test_error(rule, net, data, epochs=20)
+        return [angle_deg(layer.op.weight, layer.op.feedback_weight) for layer in net.layers], error
 
     adam = OptimSpec(name="adam", lr=1e-3)
     for optim in (adam, OptimSpec(name="sgd", lr=0.01, momentum=0.9)):
