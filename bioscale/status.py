@@ -87,10 +87,7 @@ def scores(spec: JobSpec | None, metrics: list[EpochMetrics]) -> tuple[float | N
         return None, None
     from bioscale import tasks
 
-    try:
-        task = tasks.for_spec(spec)
-    except Exception:  # a dataset no longer registered (a plugin not loaded): its numbers are errors
-        task = tasks.get("classification")
+    task = tasks.scoring(spec.dataset.name)
     values = [v for v in (task.value(m) for m in metrics) if v is not None]
     best = task.best(metrics)
     return (values[-1] if values else None), (task.value(best) if best is not None else None)

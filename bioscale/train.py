@@ -230,7 +230,7 @@ class Trainer:
         """The job's log sinks (``bioscale.logsinks``), opened by the writing process once it knows the epoch."""
         self.threads: int | None = None
         """torch's CPU threads for this job (``bioscale.threads``)."""
-        self.task = _task(job.spec)
+        self.task = tasks.scoring(job.spec.dataset.name)
         """How a batch becomes a loss and how the job is scored (the dataset's record names it)."""
 
     def wall_time(self) -> float:
@@ -529,15 +529,6 @@ class Trainer:
                            error=error)
         self.task.summarize(result, m)
         return result
-
-
-def _task(spec: JobSpec) -> tasks.Task:
-    """The job's task; an unknown dataset fails in ``build`` (recorded as the job's error), so here it falls
-    back to classification, whose summary of no epochs is empty."""
-    try:
-        return tasks.for_spec(spec)
-    except Exception:
-        return tasks.get("classification")
 
 
 def _skipped(data: DataBundle) -> dict[str, float]:

@@ -122,7 +122,7 @@ def _record(row: dict[str, Any], flat: dict[str, Any], varying: dict[str, list[s
     dataset, arch, rule, schedule = names["dataset"], names["arch"], names["rule"], names["schedule"]
     if metrics:  # the metrics are the truth, also for a job that is still running; the task picks the best
         summary = JobResult(job_id=row["job_id"], grid=row["grid"], status="running")
-        _task(dataset).summarize(summary, metrics)
+        tasks.scoring(dataset).summarize(summary, metrics)
         rec.update(train_error=summary.train_error, test_error=summary.test_error, top5_error=summary.top5_error,
                    final_test_error=summary.final_test_error, best_epoch=summary.best_epoch,
                    epoch_time_s=summary.epoch_time_s, **{k: summary.metrics.get(k) for k in DETECTION_METRICS})
@@ -148,14 +148,6 @@ def _record(row: dict[str, Any], flat: dict[str, Any], varying: dict[str, list[s
 def setting_of(flat: dict[str, Any], keys: list[str]) -> str:
     """The ``setting`` of a job: ``key=value`` for each of ``keys`` it has ("rule.params.last_layer_bp=true")."""
     return ", ".join(f"{k}={_text(flat[k])}" for k in keys if k in flat)
-
-
-def _task(dataset: str) -> tasks.Task:
-    """The dataset's task (classification for a dataset no longer registered: its numbers are errors)."""
-    try:
-        return tasks.for_dataset(dataset)
-    except Exception:
-        return tasks.get("classification")
 
 
 def _text(value: Any) -> str:
