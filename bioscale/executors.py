@@ -18,6 +18,7 @@ from abc import ABC, abstractmethod
 from concurrent.futures import FIRST_COMPLETED, wait
 from typing import Any
 
+from bioscale import interrupts
 from bioscale import threads as cpu_threads
 from bioscale.claims import DEFAULT_TIMEOUT_S as DEFAULT_LEASE_TIMEOUT_S
 from bioscale.errors import BioscaleError
@@ -274,7 +275,8 @@ def _on_sigterm(signum: int, frame: Any) -> None:
         return
     _STOPPING = True
     if _IN_JOB:
-        raise Interrupted(signum)
+        interrupts.interrupt(signum)  # raises, after the store write in progress if there is one
+        return
     os._exit(128 + signum)
 
 

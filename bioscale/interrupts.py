@@ -35,6 +35,39 @@ class Interrupted(BaseException):
         return 128 + self.signum
 
 
+_held: list[int] = []
+"""Nesting depth of ``deferred`` sections in this process's main thread (one entry per level)."""
+_pending: list[int] = []
+"""The signal that arrived inside a ``deferred`` section, raised when the outermost one ends."""
+
+
+def interrupt(signum: int) -> None:
+    """What every bioscale stop-signal handler calls: raise ``Interrupted`` now, or, inside ``deferred``, at
+    the end of the section (a signal handler runs between any two bytecodes, e.g. half-way through
+    ``torch.save``, whose own cleanup would then replace ``Interrupted`` with an unrelated error)."""
+    if _held:
+        if not _pending:
+            _pending.append(signum)
+        return
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """A section a stop signal must not cut in two (writing a checkpoint or a store file): an interrupt that
+    arrives inside it is raised when it ends (not at all if it raises anything else first)."""
+    if threading.current_thread() is not threading.main_thread():  # handlers only ever run in the main thread
+        yield
+        return
+    _held.append(1)
+    try:
+        yield
+    finally:
+        _held.pop()
+    if not _held and _pending:
+        raise Interrupted(_pending.pop())
+
+
 class _Once:
     def __init__(self) -> None:
         self.fired: int | None = None
@@ -43,7 +76,7 @@ class _Once:
         if self.fired is not None:
             return  # already stopping: let the cleanup finish
         self.fired = signum
-        raise Interrupted(signum)
+        interrupt(signum)
 
 
 def install() -> _Once:

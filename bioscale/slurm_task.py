@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from submitit.helpers import Checkpointable
 
-from bioscale import claims
+from bioscale import claims, interrupts
 from bioscale import threads as cpu_threads
 from bioscale.interrupts import Interrupted
 from bioscale.job import Job
@@ -111,7 +111,7 @@ def _stop_signals() -> Iterator[_Requeue | None]:
         if fired:
             return  # already stopping: let the cleanup finish
         fired.append(signum)
-        raise Interrupted(signum)
+        interrupts.interrupt(signum)  # raises, after the store write in progress if there is one
 
     signal.signal(usr, stop)
     signal.signal(signal.SIGINT, stop)

@@ -24,6 +24,7 @@ from typing import IO, Any
 
 from pydantic import ValidationError
 
+from bioscale import interrupts
 from bioscale.ids import fill_baselines
 from bioscale.spec import EpochMetrics, JobResult, JobSpec, Status
 
@@ -112,20 +113,22 @@ def _make_dirs(path: Path) -> None:
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     """Write via ``write(file)`` to a temporary sibling, fsync, rename over ``path``, fsync the folder.
 
-    The file gets mode ``0o666 & ~umask`` like any file the user creates (mkstemp alone gives 0600)."""
-    _make_dirs(path.parent)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fchmod(f.fileno(), 0o666 & ~current_umask())
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    The file gets mode ``0o666 & ~umask`` like any file the user creates (mkstemp alone gives 0600). A stop
+    signal that arrives meanwhile is raised once the file is in place (``bioscale.interrupts.deferred``)."""
+    with interrupts.deferred():  # a Ctrl-C or preemption signal lands after the write, never inside it
+        _make_dirs(path.parent)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fchmod(f.fileno(), 0o666 & ~current_umask())
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        fsync_dir(path.parent)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
