@@ -619,18 +619,18 @@ def root_cause(log_path: Path, limit: int = 4000) -> str:
 
 
 def _record_failure(job: Job, store: Store, error: str) -> JobResult:
-    """Record ``job`` as failed (its finished epochs stay; a re-run resumes), unless a live process holds it."""
+    """Record ``job`` as failed (its finished epochs stay; a re-run resumes), unless a live process holds it or
+    rank 0 has recorded a final outcome (``JobDir.record_failure``)."""
     from bioscale.claims import live_lease
     from bioscale.spec import JobResult
 
     jdir = store.job_dir(job.grid, job.job_id)
-    previous = jdir.read_result() if jdir.path.exists() else None
-    result = JobResult(job_id=job.job_id, grid=job.grid, status="failed",
-                       epochs=previous.epochs if previous is not None else 0, error=error)
     if live_lease(jdir.path) is None:
         with contextlib.suppress(OSError):
-            jdir.write_result(result)
-    return result
+            return jdir.record_failure(job.grid, error)
+    previous = jdir.read_result() if jdir.path.exists() else None
+    return JobResult(job_id=job.job_id, grid=job.grid, status="failed",
+                     epochs=previous.epochs if previous is not None else 0, error=error)
 
 
 def describe(spec: JobSpec) -> str:

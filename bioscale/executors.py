@@ -231,14 +231,11 @@ def _exit_reason(code: int | None) -> str:
 
 def _record_failure(job: Job, store: Store, error: str) -> JobResult:
     """Record a job the executor could not run (a dead worker, too few GPUs) as failed; its finished
-    epochs stay on disk, and a re-run resumes it."""
-    jdir = store.job_dir(job.grid, job.job_id)
-    previous = jdir.read_result()
-    epochs = previous.epochs if previous is not None else 0
-    result = JobResult(job_id=job.job_id, grid=job.grid, status="failed", epochs=epochs, error=error)
-    with contextlib.suppress(OSError):
-        jdir.write_result(result)
-    return result
+    epochs stay on disk, and a re-run resumes it. A job that finished before its worker died stays finished."""
+    try:
+        return store.job_dir(job.grid, job.job_id).record_failure(job.grid, error)
+    except OSError:
+        return JobResult(job_id=job.job_id, grid=job.grid, status="failed", error=error)
 
 
 def _finished(job: Job, result: JobResult) -> JobFinished:

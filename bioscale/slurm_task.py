@@ -212,7 +212,8 @@ def _epochs(job: Job, root: str) -> int:
 
 def _record(job: Job, root: str, lease_timeout: float, status: str, note: str) -> JobResult:
     """Set the job's status and note in result.json, holding its lease for the write (another process may
-    have claimed it meanwhile: then that process owns the result, and this one writes nothing)."""
+    have claimed it meanwhile: then that process owns the result, and this one writes nothing; a finished job
+    keeps its result)."""
     jdir = Store(root).job_dir(job.grid, job.job_id)
     result = JobResult(job_id=job.job_id, grid=job.grid, status=status, error=note)  # type: ignore[arg-type]
     try:
@@ -220,6 +221,9 @@ def _record(job: Job, root: str, lease_timeout: float, status: str, note: str) -
         if claim is None:
             return result
         with claim:
+            finished = jdir.finished()
+            if finished is not None:  # a late stop or failure does not undo a final outcome
+                return finished
             claim.note = note.split(";")[0]
             previous = jdir.read_result()
             if previous is not None:

@@ -336,6 +336,19 @@ class JobDir:
             result = result.model_copy(update={"error": f"{result.error}\n{note}" if result.error else note})
         atomic_write_text(path, result.model_dump_json(indent=2))
 
+    def record_failure(self, grid: str, error: str) -> JobResult:
+        """Record the job as failed (its finished epochs stay; a re-run resumes) and return what is recorded,
+        unless it has already finished (done or diverged, healthy): a launcher's late failure must not undo a
+        final outcome, e.g. a non-host node's torchrun exiting non-zero once the host's rendezvous is gone."""
+        finished = self.finished()
+        if finished is not None:
+            return finished
+        previous = self.read_result()
+        result = JobResult(job_id=self.job_id, grid=grid, status="failed",
+                           epochs=previous.epochs if previous is not None else 0, error=error)
+        self.write_result(result)
+        return result
+
     def rerun_note(self) -> str | None:
         """Why this run of the job exists, when ``bioscale run --force`` started it (``RERUN``), else None."""
         data, _ = _read_bytes(self.path / RERUN)

@@ -217,6 +217,28 @@ def test_several_nodes_need_a_launcher_per_node(tmp_path: Path) -> None:
     assert Store(tmp_path).job_dir("g", job.job_id).read_result().status == "failed"  # type: ignore[union-attr]
 
 
+def test_a_late_launcher_failure_does_not_undo_a_finished_job(tmp_path: Path) -> None:
+    """Rank 0 (on the host node) records the job done; then the other node's torchrun exits non-zero (the
+    host's rendezvous is gone): that node's launcher, and a dead worker's executor, leave the result done."""
+    from bioscale.executors import InlineExecutor
+    from bioscale.executors import _record_failure as executor_failure
+
+    store = Store(tmp_path)
+    job = Job("g", resolve(_raw()), "one")
+    (result,) = InlineExecutor().run([job], store)
+    assert result.status == "done"
+    log = tmp_path / "torchrun.node1.log"
+    log.write_text("torch.distributed.DistNetworkError: the rendezvous store is gone\n")
+    settled = distributed._settle(job, store, 1, tmp_path / "absent.json", log, elsewhere=True)
+    assert settled.status == "done"
+    assert executor_failure(job, store, "worker process died").status == "done"
+    assert store.job_dir("g", job.job_id).read_result().status == "done"  # type: ignore[union-attr]
+    store.job_dir("g", job.job_id).write_result(result.model_copy(update={"status": "running"}))
+    assert distributed._settle(job, store, 1, tmp_path / "absent.json", log, elsewhere=True).status == "failed"
+    recorded = store.job_dir("g", job.job_id).read_result()
+    assert recorded is not None and recorded.status == "failed" and "rendezvous store" in (recorded.error or "")
+
+
 # ---- end to end: bioscale run --nproc-per-node 2 ---------------------------------------------------------
 
 GRID = {
