@@ -15,7 +15,6 @@ tensors stacked on a new dim 0, so member m's solo ``state_dict`` is ``{k: v[m]}
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -392,7 +391,3 @@ def stack_models(models: list[nn.Module]) -> StackedNet:
     net.to(device=ref.device, dtype=ref.dtype)
     net.load_members(models)
     return net
-
-
-def rows(x: Tensor) -> int:
-    return math.prod(x.shape[:2])

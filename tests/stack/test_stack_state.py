@@ -1,0 +1,117 @@
+"""Members in and out of a stack: the stacked tensors are the solo ones, and a member's state moves between a
+stack and a solo run (checkpoints) without changing what it computes next."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from bioscale.stack import Stack, build_member
+from tests.stack.cases import ARCHS, FC, SGD, batches, max_dev, specs
+
+pytestmark = pytest.mark.usefixtures("float64")
+
+CASES = [("fc", "brsf", {}), ("fc", "dtp", {"sigma": 0.2}), ("lc", "kp", {}), ("conv", "aosdtp", {"aux_units": 5})]
+
+
+@pytest.mark.parametrize(("arch", "rule"), [("fc", "fa"), ("fc", "dfa"), ("lc", "ss"), ("conv", "sdtp"),
+                                            ("fc", "aosdtp")])
+def test_stacked_tensors_are_the_solo_ones(arch: str, rule: str) -> None:
+    """Stacking is exact (bitwise), every solo tensor is in the stack, and a member unstacks into a solo model."""
+    all_specs = specs(rule, arch=arch)
+    info = ARCHS[arch][1]
+    stack = Stack.build(all_specs, info)
+    for m, spec in enumerate(all_specs):
+        solo = build_member(spec, info).model
+        sd = stack.net.member_state_dict(m)
+        assert sd.keys() == solo.state_dict().keys()
+        for k, v in solo.state_dict().items():
+            assert torch.equal(sd[k], v), k
+        solo.load_state_dict(sd, strict=True)
+    assert len({float(stack.net.member_state_dict(m)["layers.0.op.weight"].sum()) for m in range(4)}) == 4
+
+
+def _solo_steps(model: object, rule: object, data: list, m: int, steps: range) -> None:
+    for s in steps:
+        x, y = data[s]
+        rule.train_step(x[m], y[m])  # type: ignore[attr-defined]
+
+
+def _restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch_rng"])
+    random.setstate(state["python_rng"])
+
+
+@pytest.mark.parametrize(("arch", "rule", "params"), CASES)
+def test_member_state_resumes_solo(arch: str, rule: str, params: dict) -> None:
+    """A member's state taken mid-run (``member_state``: what its checkpoint would hold) resumes as a solo
+    job that then computes what the stack computes: weights, optimiser state and random stream."""
+    all_specs = specs(rule, arch=arch, params=params, inverse=SGD if rule in ("dtp", "aosdtp") else None)
+    info = ARCHS[arch][1]
+    data = batches(info, 4)
+    stack = Stack.build(all_specs, info)
+    stack.begin_epoch(0)
+    for x, y in data[:2]:
+        stack.step(x, y)
+    saved = [stack.member_state(m) for m in range(4)]
+    for x, y in data[2:]:
+        stack.step(x, y)
+    for m, spec in enumerate(all_specs):
+        member = build_member(spec, info)
+        member.model.load_state_dict(saved[m]["model"])
+        member.rule.load_state_dict(saved[m]["rule"])
+        member.rule.begin_epoch(0)
+        _restore_rng(saved[m])
+        _solo_steps(member.model, member.rule, data, m, range(2, 4))
+        dev = max(max_dev(stack.net.member_state_dict(m), member.model.state_dict()),
+                  max_dev(stack.member(m)[1].state_dict(), member.rule.state_dict()))
+        assert dev < 1e-6, f"member {m}: {dev}"
+
+
+@pytest.mark.parametrize(("arch", "rule", "params"), CASES)
+def test_solo_state_resumes_in_a_stack(arch: str, rule: str, params: dict) -> None:
+    """The other way: solo jobs checkpointed after 2 steps, loaded into a fresh stack (``load_member_state``),
+    continue inside it exactly as they continue alone."""
+    all_specs = specs(rule, arch=arch, params=params)
+    info = ARCHS[arch][1]
+    data = batches(info, 4)
+    saved, finals = [], []
+    for m, spec in enumerate(all_specs):
+        member = build_member(spec, info)
+        member.rule.begin_epoch(0)
+        _solo_steps(member.model, member.rule, data, m, range(2))
+        saved.append({"model": {k: v.clone() for k, v in member.model.state_dict().items()},
+                      "rule": _clone(member.rule.state_dict()), "torch_rng": torch.get_rng_state(),
+                      "cuda_rng": [], "python_rng": random.getstate()})
+        _solo_steps(member.model, member.rule, data, m, range(2, 4))
+        finals.append((member.model.state_dict(), member.rule.state_dict()))
+    stack = Stack.build(all_specs, info)
+    for m in range(4):
+        stack.load_member_state(m, saved[m])
+    stack.begin_epoch(0)
+    for x, y in data[2:]:
+        stack.step(x, y)
+    for m in range(4):
+        dev = max(max_dev(stack.net.member_state_dict(m), finals[m][0]),
+                  max_dev(stack.member(m)[1].state_dict(), finals[m][1]))
+        assert dev < 1e-6, f"member {m}: {dev}"
+
+
+def _clone(obj: object) -> object:
+    if isinstance(obj, dict):
+        return {k: _clone(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clone(v) for v in obj]
+    return obj.clone() if isinstance(obj, torch.Tensor) else obj
+
+
+def test_member_views_do_not_write_back() -> None:
+    """``member(m)`` hands out the solo objects filled from the stack; changing them leaves the stack alone."""
+    stack = Stack.build(specs("fa"), FC)
+    model, _ = stack.member(1)
+    before = stack.net.member_state_dict(1)["layers.0.op.weight"].clone()
+    with torch.no_grad():
+        model.layers[0].op.weight.add_(1.0)
+    assert torch.equal(stack.net.member_state_dict(1)["layers.0.op.weight"], before)
