@@ -174,12 +174,14 @@ def _run_claimed(job: Job, jdir: JobDir, claim: claims.Claim, on_progress: Progr
     except Interrupted as exc:  # resumable, not failed: the finished epochs are on disk
         interrupted = exc
         result = trainer.partial_result("pending")
-        result.error = (f"interrupted by {exc.name} after {len(trainer.metrics)} of {job.spec.train.epochs} "
-                        "epochs (all saved); run the same command to resume")
+        done = len(trainer.metrics)
+        result.error = (f"interrupted by {exc.name} after {done} of {job.spec.train.epochs} epochs "
+                        f"({cadence.saved_note(job.spec.train, done)}); run the same command to resume")
     except distributed.PeerLost as exc:  # another rank stopped: resumable; the launcher records why if it failed
         result = trainer.partial_result("pending")
-        result.error = (f"stopped after {len(trainer.metrics)} of {job.spec.train.epochs} epochs (all saved): "
-                        f"{exc} Run the same command to resume.")
+        done = len(trainer.metrics)
+        result.error = (f"stopped after {done} of {job.spec.train.epochs} epochs "
+                        f"({cadence.saved_note(job.spec.train, done)}): {exc} Run the same command to resume.")
     except Exception as exc:  # recorded as failed; the other jobs go on
         result = trainer.partial_result("failed")
         tb = traceback.format_exc(limit=-3)
