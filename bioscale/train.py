@@ -323,7 +323,7 @@ class Trainer:
                 self.log.epoch(self.metrics[-1])  # before the checkpoint: a resume purges and relogs this epoch
                 if cadence.checkpoint_due(train, epoch) or (train.checkpoint and last_of_run):
                     self.save(model, rule, epoch + 1)
-            self.report(epoch + 1, len(data.train), len(data.train), train_loss, test.error)
+            self.report(epoch + 1, len(data.train), len(data.train), train_loss, test.error, epoch_end=True)
         if end < train.epochs:
             from bioscale.promote import paused
 
@@ -379,10 +379,11 @@ class Trainer:
         error = 100.0 * wrong_n / seen if running and has_logits and seen else None
         return elapsed, total_loss / max(seen, 1), error
 
-    def report(self, epoch: int, step: int, steps: int, loss: float | None, test_error: float | None) -> None:
+    def report(self, epoch: int, step: int, steps: int, loss: float | None, test_error: float | None,
+               epoch_end: bool = False) -> None:
         if self.on_progress is not None:
             self.on_progress(JobProgress(self.job.job_id, self.job.label, epoch, self.spec.train.epochs,
-                                         step, steps, loss, test_error))
+                                         step, steps, loss, test_error, epoch_end))
 
     # -- checkpoints -------------------------------------------------------------------------------------
     def save(self, model: nn.Module, rule: Rule, epochs_done: int) -> None:
