@@ -345,12 +345,17 @@ class Trainer:
         running = self.spec.train.train_error == "running"  # else the argmax per step is wasted work
         has_logits = True
         t0 = time.perf_counter()
-        for phase in rule.phases(epoch):
+        phases = rule.phases(epoch)
+        warm = rule.warms_up()
+        for p, phase in enumerate(phases):
             rule.begin_phase(phase)
+            first = (epoch * len(phases) + p) * steps  # the job's step count so far (a warm-up's clock)
             for i, (x, y) in enumerate(data.train):
                 shard = getattr(data.train, "current_shard", None) if group is not None else None
                 if group is not None:
                     distributed.set_step_shard(rule, shard)
+                if warm:
+                    rule.begin_step(epoch, first + i)
                 out = rule.train_step(x, y)
                 counts = shard is None or shard.counts  # a batch every rank holds whole counts once
                 if out.logits is None:
