@@ -27,6 +27,24 @@ def checkpoint_due(train: Any, epoch: int) -> bool:
     return bool(train.checkpoint) and due(train.checkpoint_every, epoch, train.epochs)
 
 
+def last_saved(train: Any, done: int) -> int:
+    """The epoch a resume starts from after ``done`` finished epochs: the last one a checkpoint was due at
+    (``checkpoint_every``), 0 without checkpoints."""
+    if not train.checkpoint or done <= 0:
+        return 0
+    return done if done >= train.epochs else done - done % max(1, train.checkpoint_every)
+
+
+def saved_note(train: Any, done: int) -> str:
+    """What a stop after ``done`` epochs keeps, for messages: "all saved", or which epochs a resume replays."""
+    saved = last_saved(train, done)
+    if saved == done:
+        return "all saved"
+    if saved == 0:
+        return f"no checkpoint yet: a resume replays epochs 1-{done}"
+    return f"checkpoint at epoch {saved}: a resume replays epochs {saved + 1}-{done}"
+
+
 def diagnostics_slice(batch: tuple[Any, Any], size: int | None) -> tuple[Any, Any]:
     """The first ``size`` examples of the diagnostics batch (all of it when ``size`` is None)."""
     x, y = batch

@@ -23,7 +23,7 @@ class JobStarted:
 
 @dataclass(frozen=True)
 class JobProgress:
-    """One training step or one evaluation of a running job (``test_error`` is set after an evaluation)."""
+    """One training step or the end of an epoch of a running job (``test_error`` is set when it was evaluated)."""
 
     job_id: str
     label: str
@@ -33,6 +33,8 @@ class JobProgress:
     steps: int
     loss: float | None = None
     test_error: float | None = None
+    epoch_end: bool = False
+    """The event after an epoch (evaluated or not: ``train.eval_every``); False for a training step's."""
 
 
 @dataclass(frozen=True)

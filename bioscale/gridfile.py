@@ -40,8 +40,8 @@ def load_grid(path: str | Path) -> GridSpec:
                         "permissions.") from None
     raw = load_yaml(_decode(data, str(path)), f"{path}:", "Fix the file and run again.")
     if not isinstance(raw, dict):
-        raise GridError(f"{path}: a grid is a mapping with keys name, description, base, axes, exclude, "
-                        "overrides, executor; this file holds something else.")
+        raise GridError(f"{path}: a grid is a mapping with keys {', '.join(GridSpec.model_fields)}; this file "
+                        "holds something else.")
     try:
         grid = GridSpec.model_validate(raw)
     except ValidationError as exc:

@@ -1,7 +1,8 @@
-"""Optimisers from an ``OptimSpec``: Adam or SGD, Batch Manhattan, step lr decay."""
+"""Optimisers from an ``OptimSpec``: Adam or SGD, Batch Manhattan, step and multistep lr decay, warm-up."""
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable
 from typing import Any
 
@@ -78,11 +79,25 @@ def use_impl(optimizer: Optimizer, impl: str) -> None:
                                           else step.to(device="cpu"))
 
 
-def set_epoch_lr(optimizer: Optimizer, spec: OptimSpec, epoch: int) -> None:
-    """Set each group's lr for ``epoch`` (0-based) from its initial lr; stateless, so resume is exact."""
+def schedule_factor(spec: OptimSpec, epoch: int, step: int | None = None) -> float:
+    """What multiplies the initial lr in ``epoch`` (0-based) and, with a warm-up, at the job's ``step``-th
+    optimiser step (0-based): the schedule's decay times the linear warm-up's ramp."""
     factor = 1.0
-    if spec.schedule is not None:
-        factor = spec.schedule.gamma ** (epoch // spec.schedule.step_size)
+    schedule = spec.schedule
+    if schedule is not None:
+        decays = bisect.bisect_right(schedule.milestones or [], epoch) if schedule.name == "multistep" else \
+            epoch // schedule.step_size
+        factor = schedule.gamma ** decays
+    warmup = spec.warmup
+    if warmup is not None and step is not None and step < warmup.steps:
+        factor *= warmup.factor + (1.0 - warmup.factor) * step / warmup.steps
+    return factor
+
+
+def set_epoch_lr(optimizer: Optimizer, spec: OptimSpec, epoch: int, step: int | None = None) -> None:
+    """Set each group's lr for ``epoch`` (0-based) and the job's ``step`` (a warm-up's ramp) from its initial
+    lr; stateless, so resume is exact."""
+    factor = schedule_factor(spec, epoch, step)
     for g in optimizer.param_groups:
         g["lr"] = g["initial_lr"] * factor
 

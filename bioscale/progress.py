@@ -88,9 +88,9 @@ class Display:
         if task is None:  # a producer that does not announce its jobs
             self._started(event.job_id, event.label, event.epochs)
             task = self.running[event.job_id]
-        end_of_epoch = event.test_error is not None
-        if end_of_epoch:
-            self.last_error[event.job_id] = event.test_error  # type: ignore[assignment]
+        end_of_epoch = event.epoch_end or event.test_error is not None
+        if event.test_error is not None:
+            self.last_error[event.job_id] = event.test_error
         err = self.last_error.get(event.job_id)
         info = f"epoch {min(event.epoch, event.epochs)}/{event.epochs}"
         if event.loss is not None:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field, PositiveFloat, PositiveInt, ValidationError
 
+from bioscale import cadence
 from bioscale.claims import DEFAULT_TIMEOUT_S as DEFAULT_LEASE_TIMEOUT_S
 from bioscale.claims import process_alive
 from bioscale.errors import BioscaleError
@@ -596,7 +597,7 @@ class SlurmExecutor(Executor):
         tail = _last_line(t.record.stderr)
         error = (f"the {self.cluster} job {t.record.job_id} ended without recording a result (killed, out of "
                  f"memory, cancelled or failed before training){': ' + tail if tail else ''}. Its log: {log}. "
-                 f"Run again to resume from epoch {done}.")
+                 f"Run again to resume from epoch {cadence.last_saved(t.job.spec.train, done)}.")
         result = JobResult(job_id=t.job.job_id, grid=t.job.grid, status="failed", epochs=done, error=error)
         claim = claims.acquire(jdir.path, self.lease_timeout)
         if claim is None:  # someone took the job meanwhile: it is theirs

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from submitit.helpers import Checkpointable
 
-from bioscale import claims, interrupts
+from bioscale import cadence, claims, interrupts
 from bioscale import threads as cpu_threads
 from bioscale.interrupts import Interrupted
 from bioscale.job import Job
@@ -131,14 +131,15 @@ def _requeue(job: Job, root: str, lease_timeout: float, requeue: _Requeue) -> No
     if _task_rank() != 0:  # submitit requeues from task 0 only (the whole allocation); this task just stops
         requeue.handler(requeue.signum, None)
         return
+    saved = f"{done} of {job.spec.train.epochs} epochs ({cadence.saved_note(job.spec.train, done)})"
     _record(job, root, lease_timeout, "pending",
-            f"stopped by {name} (Slurm preemption or time limit) after {done} of {job.spec.train.epochs} epochs "
-            f"(all saved); submitit requeued it, and it resumes from epoch {done}")
+            f"stopped by {name} (Slurm preemption or time limit) after {saved}; submitit requeued it, and it "
+            f"resumes from epoch {cadence.last_saved(job.spec.train, done)}")
     try:
         requeue.handler(requeue.signum, None)
     except Exception as exc:
         _record(job, root, lease_timeout, "failed",
-                f"stopped by {name} after {done} of {job.spec.train.epochs} epochs (all saved) and not requeued: "
+                f"stopped by {name} after {saved} and not requeued: "
                 f"{exc}. Raise resources.time (--time) or the executor's max_timeouts, then run `bioscale run` "
                 "again: it resumes from the last finished epoch.")
         raise

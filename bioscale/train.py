@@ -174,12 +174,14 @@ def _run_claimed(job: Job, jdir: JobDir, claim: claims.Claim, on_progress: Progr
     except Interrupted as exc:  # resumable, not failed: the finished epochs are on disk
         interrupted = exc
         result = trainer.partial_result("pending")
-        result.error = (f"interrupted by {exc.name} after {len(trainer.metrics)} of {job.spec.train.epochs} "
-                        "epochs (all saved); run the same command to resume")
+        done = len(trainer.metrics)
+        result.error = (f"interrupted by {exc.name} after {done} of {job.spec.train.epochs} epochs "
+                        f"({cadence.saved_note(job.spec.train, done)}); run the same command to resume")
     except distributed.PeerLost as exc:  # another rank stopped: resumable; the launcher records why if it failed
         result = trainer.partial_result("pending")
-        result.error = (f"stopped after {len(trainer.metrics)} of {job.spec.train.epochs} epochs (all saved): "
-                        f"{exc} Run the same command to resume.")
+        done = len(trainer.metrics)
+        result.error = (f"stopped after {done} of {job.spec.train.epochs} epochs "
+                        f"({cadence.saved_note(job.spec.train, done)}): {exc} Run the same command to resume.")
     except Exception as exc:  # recorded as failed; the other jobs go on
         result = trainer.partial_result("failed")
         tb = traceback.format_exc(limit=-3)
@@ -321,7 +323,7 @@ class Trainer:
                 self.log.epoch(self.metrics[-1])  # before the checkpoint: a resume purges and relogs this epoch
                 if cadence.checkpoint_due(train, epoch) or (train.checkpoint and last_of_run):
                     self.save(model, rule, epoch + 1)
-            self.report(epoch + 1, len(data.train), len(data.train), train_loss, test.error)
+            self.report(epoch + 1, len(data.train), len(data.train), train_loss, test.error, epoch_end=True)
         if end < train.epochs:
             from bioscale.promote import paused
 
@@ -343,12 +345,17 @@ class Trainer:
         running = self.spec.train.train_error == "running"  # else the argmax per step is wasted work
         has_logits = True
         t0 = time.perf_counter()
-        for phase in rule.phases(epoch):
+        phases = rule.phases(epoch)
+        warm = rule.warms_up()
+        for p, phase in enumerate(phases):
             rule.begin_phase(phase)
+            first = (epoch * len(phases) + p) * steps  # the job's step count so far (a warm-up's clock)
             for i, (x, y) in enumerate(data.train):
                 shard = getattr(data.train, "current_shard", None) if group is not None else None
                 if group is not None:
                     distributed.set_step_shard(rule, shard)
+                if warm:
+                    rule.begin_step(epoch, first + i)
                 out = rule.train_step(x, y)
                 counts = shard is None or shard.counts  # a batch every rank holds whole counts once
                 if out.logits is None:
@@ -377,10 +384,11 @@ class Trainer:
         error = 100.0 * wrong_n / seen if running and has_logits and seen else None
         return elapsed, total_loss / max(seen, 1), error
 
-    def report(self, epoch: int, step: int, steps: int, loss: float | None, test_error: float | None) -> None:
+    def report(self, epoch: int, step: int, steps: int, loss: float | None, test_error: float | None,
+               epoch_end: bool = False) -> None:
         if self.on_progress is not None:
             self.on_progress(JobProgress(self.job.job_id, self.job.label, epoch, self.spec.train.epochs,
-                                         step, steps, loss, test_error))
+                                         step, steps, loss, test_error, epoch_end))
 
     # -- checkpoints -------------------------------------------------------------------------------------
     def save(self, model: nn.Module, rule: Rule, epochs_done: int) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bioscale.cadence import due
+from bioscale.cadence import due, last_saved, saved_note
 from bioscale.checkpoint import load_checkpoint
 from bioscale.grid import resolve
 from bioscale.job import Job
@@ -23,6 +23,22 @@ def test_due_epochs() -> None:
     assert pick(10, 25, first=True) == [1, 10, 20, 25]
     assert pick(3, 7) == [3, 6, 7]
     assert pick(0, 5, first=True) == []
+
+
+@pytest.mark.parametrize(("every", "checkpoint", "done", "saved", "note"), [
+    (1, True, 7, 7, "all saved"),
+    (5, True, 7, 5, "checkpoint at epoch 5: a resume replays epochs 6-7"),
+    (5, True, 10, 10, "all saved"),
+    (4, True, 10, 10, "all saved"),  # the last epoch always writes one
+    (5, True, 3, 0, "no checkpoint yet: a resume replays epochs 1-3"),
+    (1, False, 3, 0, "no checkpoint yet: a resume replays epochs 1-3"),
+])
+def test_what_a_stop_keeps(every: int, checkpoint: bool, done: int, saved: int, note: str) -> None:
+    """The epoch a resume starts from agrees with ``checkpoint_due`` (the epochs a checkpoint is written)."""
+    train = TrainSpec(epochs=10, checkpoint_every=every, checkpoint=checkpoint)
+    assert last_saved(train, done) == saved and saved_note(train, done) == note
+    written = [e + 1 for e in range(done) if checkpoint and due(every, e, train.epochs)]
+    assert saved == (written[-1] if written else 0)
 
 
 def test_defaults() -> None:

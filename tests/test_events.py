@@ -78,3 +78,18 @@ def test_a_log_file_gets_a_line_per_epoch_at_a_sane_rate() -> None:
     assert [e.split("epoch ")[1].split()[0] for e in epochs] == ["1/500", "500/500"]  # first, last; rate-limited
     assert "started fa fc mnist s0 (j), 500 epochs" in lines[0]
     assert lines[-1] == "fa fc mnist s0 j: done, best test error 9.50% [1/1 jobs]"
+
+
+def test_an_epoch_without_evaluation_still_gets_its_line() -> None:
+    """With ``eval_every`` > 1 most epochs end without a test error: the log still gets their line (showing the
+    last evaluated error), and the bar counts them as finished epochs, not as a step of the next one."""
+    buf = io.StringIO()
+    console = Console(file=buf, width=120, force_terminal=False)
+    with Display(1, console=console, log_every_s=0) as display:
+        display(JobStarted("j", "fa fc mnist s0", 4))
+        display(JobProgress("j", "fa fc mnist s0", 1, 4, 10, 10, 0.5, 10.0, epoch_end=True))
+        display(JobProgress("j", "fa fc mnist s0", 2, 4, 10, 10, 0.4, None))  # its last step: not the end
+        assert display.fraction["j"] == 0.5
+        display(JobProgress("j", "fa fc mnist s0", 2, 4, 10, 10, 0.4, None, epoch_end=True))
+    epochs = [line for line in buf.getvalue().splitlines() if "epoch " in line]
+    assert [e.split("epoch ")[1] for e in epochs] == ["1/4 loss 0.5000 err 10.00%", "2/4 loss 0.4000 err 10.00%"]

@@ -64,3 +64,41 @@ def test_kp_study_grid_compares_the_decay_conventions_under_both_optimisers() ->
     assert ("kp", "lr_scaled", 1e-2, "adam") in kinds and ("fa", None, None, "sgd") in kinds
     assert all(j.spec.dataset.name == "mnist-5k" and j.spec.arch.name == "fc" and j.spec.train.epochs == 20
                for j in jobs)
+
+
+def _analyse():
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("fidelity_analyse", ROOT / "results" / "fidelity" / "analyse.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_study_verdicts_follow_the_rule_fixed_before_the_runs() -> None:
+    """A finding holds when the better side's mean is lower by more than the larger std; a side without a
+    finished seed leaves it undecided; DTP rows are split by alpha convention, other rules are not."""
+    import pandas as pd
+
+    an = _analyse()
+    rows = []
+    for seed, (par, alt) in enumerate([(10.0, 7.0), (11.0, 8.0), (12.0, 9.0)]):  # means 11 vs 8, std 1
+        for schedule, err in (("parallel", par), ("alternating", alt)):
+            rows.append({"rule": "dtp", "arch": "fc", "schedule": schedule, "test_error": err,
+                         "convention": "per_example"})
+            rows.append({"rule": "dtp", "arch": "fc", "schedule": schedule, "test_error": err + 0.5 * seed,
+                         "convention": "batch_mean"})
+    rows.append({"rule": "dfa", "arch": "fc", "schedule": "", "test_error": 9.5, "convention": ""})
+    frame = pd.DataFrame(rows)
+    found = {(v.question, v.better): v for key in ("1", "3") for v in an.verdicts(frame)[key]}
+    assert found[("1. alternating beats parallel, FC", "DTP alt [per_example]")].holds is True  # 3 > 1
+    assert found[("1. alternating beats parallel, FC", "DTP alt [batch_mean]")].holds is True  # 3 > 2
+    assert found[("1. alternating beats parallel, LC", "DTP alt [per_example]")].holds is None
+    assert found[("3. DFA behind DTP, FC", "DTP par [per_example]")].holds is False  # DFA better
+    assert found[("3. DFA behind DTP, FC", "DTP alt [per_example]")].holds is True  # 9.5 - 8 > 1
+    assert found[("3. DFA behind DTP, FC", "DTP alt [batch_mean]")].holds is False  # 9.5 - 8.5 < 1.5
+    close = an.Verdict("q", "a", "b", an.Cell(8.0, 1.0, 3), an.Cell(8.9, 0.5, 3))
+    assert close.holds is False

@@ -174,6 +174,7 @@ def test_detection_dataset_is_refused_with_a_reason(tmp_path: Path, tiny_grid: d
         (b"name: x\nbase: {}\nexecutor: {name: local, params: {workers: many}}\n",
          r"executor: executor 'local': workers is a positive integer"),
         (b"name: " + b"x" * 101 + b"\nbase: {}\n", r"name: String should have at most 100 characters"),
+        (b"- 1\n- 2\n", r"a grid is a mapping with keys name, .*, logging, search, promote; this file holds"),
     ],
 )
 def test_unreadable_grid_files_are_one_sentence(tmp_path: Path, data: bytes, expected: str) -> None:

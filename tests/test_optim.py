@@ -101,3 +101,110 @@ def test_rules_build_both_target_optimisers_with_the_spec_impl() -> None:
     assert all(g["foreach"] and not g["fused"] for g in rule.optimizers["inverse"].param_groups)
     rule.load_state_dict(rule.state_dict())
     assert all(g["foreach"] and not g["fused"] for g in rule.optimizers["inverse"].param_groups)
+
+
+# ---- lr schedules and warm-up (torch's own schedulers are the reference) ------------------------------------
+
+
+def _torch_lrs(make_scheduler, n: int, lr: float = 0.1) -> list[float]:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    sched = make_scheduler(opt)
+    lrs = []
+    for _ in range(n):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return lrs
+
+
+@pytest.mark.parametrize(("schedule", "reference"), [
+    ({"name": "step", "step_size": 3, "gamma": 0.5}, lambda o: torch.optim.lr_scheduler.StepLR(o, 3, 0.5)),
+    ({"name": "multistep", "milestones": [4, 7], "gamma": 0.1},
+     lambda o: torch.optim.lr_scheduler.MultiStepLR(o, [4, 7], 0.1)),
+])
+def test_epoch_schedules_follow_torch(schedule: dict, reference) -> None:
+    from bioscale.optim import schedule_factor
+
+    spec = OptimSpec(lr=0.1, schedule=schedule)
+    ours = [0.1 * schedule_factor(spec, epoch) for epoch in range(10)]
+    assert ours == pytest.approx(_torch_lrs(reference, 10), rel=1e-12)
+
+
+def test_warmup_follows_torchvisions_linear_ramp() -> None:
+    """torchvision's detection reference: ``LinearLR(start_factor=warmup_factor, total_iters=warmup_iters)``
+    stepped every iteration; combined with the epoch's decay."""
+    from bioscale.optim import schedule_factor
+
+    spec = OptimSpec(lr=0.1, warmup={"steps": 6, "factor": 0.001},
+                     schedule={"name": "multistep", "milestones": [1], "gamma": 0.5})
+    ramp = _torch_lrs(lambda o: torch.optim.lr_scheduler.LinearLR(o, start_factor=0.001, total_iters=6), 9)
+    ours = [0.1 * schedule_factor(spec, 0, step) for step in range(9)]
+    assert ours == pytest.approx(ramp, rel=1e-12)
+    assert ours[0] == pytest.approx(1e-4) and ours[6:] == [0.1] * 3
+    assert schedule_factor(spec, 1, 3) == pytest.approx(0.5 * ramp[3] / 0.1)  # a ramp that crosses an epoch
+    assert schedule_factor(spec, 0, None) == 1.0  # begin_epoch: the decay only
+
+
+@pytest.mark.parametrize(("optim", "message"), [
+    ({"schedule": {"name": "multistep"}}, "a multistep schedule needs milestones"),
+    ({"schedule": {"name": "multistep", "milestones": [5, 5]}}, "milestones must increase"),
+    ({"schedule": {"name": "step", "milestones": [5]}}, "milestones belong to a multistep schedule"),
+    ({"warmup": {"steps": 10, "factor": 0}}, "factor"),
+])
+def test_bad_schedules_are_refused_saying_what_to_write(optim: dict, message: str) -> None:
+    from bioscale.errors import BioscaleError
+    from bioscale.grid import resolve
+
+    with pytest.raises(BioscaleError, match=message):
+        resolve({"dataset": "synthetic", "arch": "fc", "rule": "bp", "optim": optim})
+
+
+def test_schedule_fields_keep_old_job_ids() -> None:
+    old = JobSpec(dataset="synthetic", arch="fc", rule="bp", optim={"schedule": {"step_size": 10}})
+    assert old.job_id() == JobSpec.model_validate(old.model_dump(exclude={"optim": {"warmup"}})).job_id()
+    warm = JobSpec(dataset="synthetic", arch="fc", rule="bp", optim={"schedule": {"step_size": 10},
+                                                                    "warmup": {"steps": 5}})
+    assert warm.job_id() != old.job_id()
+
+
+@pytest.mark.parametrize(("rule", "phase_steps"), [("bp", None), ("sdtp", "alternating")])
+def test_the_trainer_ramps_lr_over_the_jobs_first_steps(tmp_path, monkeypatch, rule: str,
+                                                        phase_steps: str | None) -> None:
+    """Every optimiser step of a job sees the lr of its step count over epochs and phases: 4 steps an epoch
+    (256 examples, batch 64), a 6-step ramp, decay 0.5 after epoch 1. An alternating target rule counts both
+    of an epoch's passes, so its forward optimiser's ramp is at step 4 when its forward pass begins."""
+    from bioscale.grid import resolve
+    from bioscale.job import Job
+    from bioscale.rules.base import Rule
+    from bioscale.store import Store
+    from bioscale.train import run_job
+
+    seen: dict[str, list[float]] = {}
+    setup = Rule.setup
+
+    def recording(self, *args, **kwargs):
+        setup(self, *args, **kwargs)
+        for name, opt in self.optimizers.items():
+            opt.register_step_pre_hook(lambda o, *_, n=name: seen.setdefault(n, []).append(o.param_groups[0]["lr"]))
+
+    monkeypatch.setattr(Rule, "setup", recording)
+    raw = {"dataset": {"name": "synthetic", "params": {"train_size": 256, "test_size": 64, "shape": [1, 8, 8]}},
+           "arch": {"name": "fc", "params": {"hidden": [16]}}, "rule": {"name": rule},
+           "optim": {"name": "sgd", "lr": 0.1, "warmup": {"steps": 6, "factor": 0.001},
+                     "schedule": {"name": "multistep", "milestones": [1], "gamma": 0.5}},
+           "train": {"epochs": 2, "batch_size": 64, "eval_batch_size": 64, "device": "cpu"}}
+    if phase_steps:
+        raw["rule"]["params"] = {"schedule": phase_steps}
+        raw["inverse_optim"] = {"name": "sgd", "lr": 0.1}
+    result = run_job(Job("g", resolve(raw), "ramp"), Store(tmp_path))
+    assert result.status == "done", result.error
+    ramp = [0.1 * (0.001 + 0.999 * s / 6) if s < 6 else 0.1 for s in range(16)]
+    decay = [1.0] * (len(ramp) // 2) + [0.5] * (len(ramp) // 2)
+    if phase_steps is None:
+        lrs = seen["model"]
+        expected = [r * d for r, d in zip(ramp[:8], [1.0] * 4 + [0.5] * 4, strict=True)]
+    else:  # the forward optimiser steps in the second pass of each epoch: job steps 4-7 and 12-15
+        lrs = seen["model"]
+        assert seen["inverse"] == [0.1] * 8  # inverse_optim has no warm-up: its steps 0-3 and 8-11 at lr
+        expected = [ramp[s] * decay[s] for s in (4, 5, 6, 7, 12, 13, 14, 15)]
+    assert lrs == pytest.approx(expected, rel=1e-12)

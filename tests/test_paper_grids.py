@@ -129,6 +129,12 @@ def test_xiao2018_coco_is_bp_ss_fa_with_and_without_last_layer_bp() -> None:
     assert all(find_reference("coco", "retinanet", j.spec.rule.name, "")["note"] == "not tabulated" for j in jobs)
     header = (GRIDS / "xiao2018-coco.yaml").read_text()
     assert "The paper states neither the RetinaNet backbone nor whether it was ImageNet-pretrained" in header
+    optim = {j.spec.optim.model_dump_json() for j in jobs}  # torchvision's reference schedule, every job
+    assert len(optim) == 1
+    spec = jobs[0].spec.optim
+    assert (spec.name, spec.lr, spec.momentum, spec.weight_decay) == ("sgd", 0.01, 0.9, 1e-4)
+    assert spec.schedule is not None and (spec.schedule.name, spec.schedule.milestones) == ("multistep", [16, 22])
+    assert spec.warmup is not None and (spec.warmup.steps, spec.warmup.factor) == (1000, 0.001)
 
 
 def test_detection_smoke_runs_the_same_rules_on_mnist_boxes() -> None:

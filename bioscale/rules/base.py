@@ -119,6 +119,19 @@ class Rule(ABC):
         for name, opt in self.optimizers.items():
             optimisers.set_epoch_lr(opt, self.optim_spec(name), epoch)
 
+    def warms_up(self) -> bool:
+        """Whether an optimiser ramps its lr up over the first steps (``OptimSpec.warmup``): the trainer then
+        calls ``begin_step`` before every step."""
+        return any(self.optim_spec(name).warmup is not None for name in self.optimizers)
+
+    def begin_step(self, epoch: int, step: int) -> None:
+        """Set learning rates for the job's ``step``-th training step (0-based, over every epoch and phase)
+        while a warm-up ramps them; after the ramp, the epoch's lr stays as ``begin_epoch`` set it."""
+        for name, opt in self.optimizers.items():
+            spec = self.optim_spec(name)
+            if spec.warmup is not None and step <= spec.warmup.steps:
+                optimisers.set_epoch_lr(opt, spec, epoch, step)
+
     def optim_spec(self, name: str) -> OptimSpec:
         """The spec of the optimiser called ``name``: ``inverse_optim`` (when given) for "inverse"."""
         return self.inverse_optim if name == "inverse" and self.inverse_optim else self.optim
