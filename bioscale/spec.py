@@ -529,6 +529,9 @@ class Provenance(Strict):
     """The Slurm (or submitit local/debug) job this run was part of, if any."""
     threads: int | None = None
     """torch's CPU threads for this job (``bioscale.threads``); None in results from before it was recorded."""
+    stack: list[str] | None = None
+    """The job ids trained as one stacked model with this one (``bioscale.stack``), in member order; None
+    when it trained alone. Its epoch and wall times are then the stack's."""
 
 
 class _TaskMetrics(Strict):

@@ -1,11 +1,12 @@
 """Which jobs can train together as one stacked model (issue 13, stacked runs): the grouping, torch-free.
 
 A stack trains M jobs as one model with a leading member dimension, so its members must share everything
-that shapes the computation (dataset, architecture, rule and its schedule, batch size, epochs, optimiser kind
-and lr schedule, device, where the job stands) and may differ only in what becomes a per-member number: the
-seed (weights, feedback draws, data order) and the numeric hyperparameters of the optimisers (lr, betas,
-eps, weight decay, momentum) and of the rule (alpha, sigma). Papers' grids are mostly such families: Table 1's
-3 seeds of a cell, a search's 60 configurations of a rule (Bartunov et al. 2018, Sec. 3 and Table 4).
+that shapes the computation (dataset, architecture, rule and its schedule, batch size, epochs, optimiser
+kind, where the job stands) and may differ only in what becomes a per-member number
+(``bioscale.stack.PER_MEMBER``): the seed (weights, feedback draws, data order), the optimisers' numeric
+hyperparameters and lr schedule, and the rule's alpha, sigma and decay. Papers' grids are mostly such
+families: Table 1's 3 seeds of a cell, a search's 60 configurations of a rule (Bartunov et al. 2018, Sec. 3
+and Table 4).
 """
 
 from __future__ import annotations
@@ -17,39 +18,31 @@ from typing import Any
 
 from bioscale.job import Job
 
-OPTIM_MEMBER_KEYS = ("lr", "betas", "eps", "weight_decay", "momentum")
-"""Optimiser settings a stacked optimiser takes per member."""
-RULE_MEMBER_KEYS = ("alpha", "sigma")
-"""Rule parameters a stacked rule takes per member (the target rules' step size and noise)."""
-
 
 def member_values(job: Job) -> dict[str, Any]:
-    """What this job sets per member: its seed and numeric hyperparameters, by dotted key."""
+    """What this job sets per member (``bioscale.stack.PER_MEMBER``), by dotted key."""
+    from bioscale.stack import PER_MEMBER
+
     spec = job.spec
     out: dict[str, Any] = {"seed": spec.seed}
     for name in ("optim", "inverse_optim"):
         optim = getattr(spec, name)
         if optim is not None:
-            out.update({f"{name}.{k}": getattr(optim, k) for k in OPTIM_MEMBER_KEYS})
-    out.update({f"rule.params.{k}": spec.rule.params[k] for k in RULE_MEMBER_KEYS if k in spec.rule.params})
+            out.update({f"{name}.{k}": getattr(optim, k) for k in sorted(PER_MEMBER[name])})
+    out.update({f"rule.params.{k}": spec.rule.params[k] for k in sorted(PER_MEMBER["rule.params"])
+                if k in spec.rule.params})
     return out
 
 
 def stack_key(job: Job, start: int = 0) -> str:
-    """Jobs with equal keys can share a stack: the spec without its member values, the grid, what its
-    scheduler task asks for, its budget (``stop_after``) and ``start``, the epoch it resumes from."""
-    data = job.spec.model_dump(mode="json")
-    data.pop("seed", None)
-    for name in ("optim", "inverse_optim"):
-        if isinstance(data.get(name), dict):
-            for k in OPTIM_MEMBER_KEYS:
-                data[name].pop(k, None)
-    params = data.get("rule", {}).get("params", {})
-    for k in RULE_MEMBER_KEYS:
-        params.pop(k, None)
+    """Jobs with equal keys can share a stack: what members must share (``bioscale.stack.shared_settings``:
+    the spec without its member values), the grid, what its scheduler task asks for, its budget
+    (``stop_after``) and ``start``, the epoch it resumes from."""
+    from bioscale.stack import shared_settings
+
     extra = {"grid": job.grid, "stop_after": job.stop_after, "start": start,
              "resources": job.resources.model_dump(mode="json") if job.resources is not None else None}
-    return json.dumps([data, extra], sort_keys=True, separators=(",", ":"))
+    return json.dumps([shared_settings(job.spec), extra], sort_keys=True, separators=(",", ":"))
 
 
 def plan_stacks(jobs: Iterable[Job], size: int, start: Callable[[Job], int] | None = None,

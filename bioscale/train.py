@@ -394,15 +394,14 @@ class Trainer:
     def save(self, model: nn.Module, rule: Rule, epochs_done: int) -> None:
         """Write the state to resume from. Only tensors and plain data (what ``bioscale.checkpoint.KEYS``
         lists), so ``restore`` can read it with the safe loader. Rank 0 of a distributed job writes it for all."""
-        state = {
-            "epochs_done": epochs_done,
-            "model": model.state_dict(),
-            "rule": rule.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": self._cuda_rng(),
-            "python_rng": random.getstate(),
-            "wall_time_s": self.wall_time(),
-        }
+        self.write_checkpoint({"model": model.state_dict(), "rule": rule.state_dict(),
+                               "torch_rng": torch.get_rng_state(), "cuda_rng": self._cuda_rng(),
+                               "python_rng": random.getstate()}, epochs_done)
+
+    def write_checkpoint(self, state: dict[str, Any], epochs_done: int) -> None:
+        """Write ``state`` (model, rule and generator states) as this job's checkpoint after ``epochs_done``
+        epochs: what ``save`` writes, and what a stack writes for each of its members (``bioscale.stack_train``)."""
+        state = {"epochs_done": epochs_done, **state, "wall_time_s": self.wall_time()}
         atomic_write(self.jdir.checkpoint, lambda f: torch.save(state, f))
 
     def _cuda_rng(self) -> list[Tensor]:

@@ -32,7 +32,7 @@ def _job(grid: str = "g", **changes: object) -> Job:
 @pytest.mark.parametrize("change", [
     {"seed": 3}, {"optim__lr": 2e-4}, {"optim__betas": [0.8, 0.99]}, {"optim__eps": 1e-4},
     {"optim__weight_decay": 1e-5}, {"inverse_optim__lr": 5e-3}, {"rule__params__alpha": 0.3},
-    {"rule__params__sigma": 0.2},
+    {"rule__params__sigma": 0.2}, {"optim__schedule": {"step_size": 5}},
 ])
 def test_seeds_and_numeric_hyperparameters_share_a_stack(change: dict) -> None:
     a, b = _job(), _job(**change)
@@ -43,7 +43,7 @@ def test_seeds_and_numeric_hyperparameters_share_a_stack(change: dict) -> None:
 @pytest.mark.parametrize("change", [
     {"rule__params__schedule": "alternating"}, {"arch__params__hidden": [64]}, {"optim__name": "sgd"},
     {"train__batch_size": 64}, {"train__epochs": 3}, {"dataset__params__train_size": 100},
-    {"optim__schedule": {"step_size": 5}}, {"train__device": "cpu"},
+    {"dataset__params__test_size": 50},
 ])
 def test_anything_that_shapes_the_computation_does_not(change: dict) -> None:
     assert stack_key(_job()) != stack_key(_job(**change))

@@ -87,9 +87,9 @@ def stackable(specs: JobSpec | list[JobSpec]) -> str | None:
         return "train.compile is not implemented for stacks"
     if train.distributed.nproc_per_node * train.distributed.nnodes > 1:
         return "a distributed job (several processes) cannot be stacked"
-    ref = _shared(first)
+    ref = shared_settings(first)
     for i, spec in enumerate(specs[1:], 1):
-        diff = _first_difference(ref, _shared(spec))
+        diff = _first_difference(ref, shared_settings(spec))
         if diff is not None:
             return f"job {i} differs from job 0 in {diff}, which members of one stack must share"
         if (spec.inverse_optim is None) != (first.inverse_optim is None):
@@ -102,7 +102,7 @@ def stackable(specs: JobSpec | list[JobSpec]) -> str | None:
     return None
 
 
-def _shared(spec: JobSpec) -> dict[str, Any]:
+def shared_settings(spec: JobSpec) -> dict[str, Any]:
     """The spec without what may differ per member (``PER_MEMBER``), rule params validated (defaults filled)."""
     d = spec.model_dump(mode="json")
     d.pop("seed")
@@ -238,4 +238,5 @@ class Stack:
                                       else old.cuda, state.get("python_rng", old.python), old.device)
 
 
-__all__ = ["PER_MEMBER", "STACK_ARCHS", "STACK_RULES", "Member", "Stack", "build_member", "stackable"]
+__all__ = ["PER_MEMBER", "STACK_ARCHS", "STACK_RULES", "Member", "Stack", "build_member", "shared_settings",
+           "stackable"]
