@@ -143,6 +143,10 @@ def run(
     jobs_per_gpu: Annotated[int | None, typer.Option(
         help="Jobs run side by side on each GPU by --executor local (each worker pinned to its GPU).")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads per job (torch.set_num_threads).")] = None,
+    stack: Annotated[int | None, typer.Option(
+        min=1, help="Train up to N jobs that differ only in seed and numeric hyperparameters as one stacked "
+                    "model, each recorded as if run alone; 1: each job alone. Default: 16 on a GPU, 1 on the CPU.")
+    ] = None,
     nproc_per_node: Annotated[int | None, typer.Option(
         "--nproc-per-node", min=1, metavar="N",
         help="Run each job as N processes (one per GPU; gloo processes on the CPU) with torch.distributed, "
@@ -194,7 +198,7 @@ def run(
     planned = plan(grid_file, results, _with_sets(sets, slurm_sets), max_jobs=max_jobs, where=where, only=only)
     planned = with_sinks(planned, log or [])
     choice = _executor_choice(planned.grid, executor, bool(slurm_sets or slurm_params), slurm_params)
-    runner = choose_executor(planned.grid, choice, workers, threads, lease_timeout, jobs_per_gpu)
+    runner = choose_executor(planned.grid, choice, workers, threads, lease_timeout, jobs_per_gpu, stack)
     slurm = _slurm_executor(runner)
     checked = would_run(planned) if force else planned  # forced jobs are checked before anything is set aside
     if slurm is not None:

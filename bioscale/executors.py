@@ -40,21 +40,23 @@ class InlineExecutor(Executor):
     """This process, one job after the other. ``Interrupted`` (Ctrl-C, SIGTERM) stops the running job,
     which records itself as resumable, and propagates."""
 
-    def __init__(self, threads: int | None = None, lease_timeout: float = DEFAULT_LEASE_TIMEOUT_S) -> None:
+    def __init__(self, threads: int | None = None, lease_timeout: float = DEFAULT_LEASE_TIMEOUT_S,
+                 stack: int | None = None) -> None:
         self.threads = threads
         self.lease_timeout = lease_timeout
+        self.stack = stack
 
     def run(self, jobs: list[Job], store: Store, on_event: EventHandler | None = None) -> list[JobResult]:
-        from bioscale.distributed import run_job  # one process, or torchrun for a DDP job
-
         on_event = on_event or ignore
         results = []
         with cpu_threads.budget(cpu_threads.share(1, self.threads)):  # each job picks its threads within it
-            for job in jobs:
-                on_event(JobStarted(job.job_id, job.label, job.spec.train.epochs))
-                result = run_job(job, store, on_event, self.lease_timeout)
-                on_event(_finished(job, result))
-                results.append(result)
+            for unit in stack_units(jobs, store, self.stack):
+                for job in unit:
+                    on_event(JobStarted(job.job_id, job.label, job.spec.train.epochs))
+                done = run_unit(unit, store, on_event, self.lease_timeout)
+                for job, result in zip(unit, done, strict=True):
+                    on_event(_finished(job, result))
+                results += done
         return results
 
 
@@ -73,11 +75,13 @@ class LocalExecutor(Executor):
     STOP_WAIT_S = 8.0
 
     def __init__(self, workers: int | None = None, threads: int | None = None,
-                 lease_timeout: float = DEFAULT_LEASE_TIMEOUT_S, jobs_per_gpu: int = 1) -> None:
+                 lease_timeout: float = DEFAULT_LEASE_TIMEOUT_S, jobs_per_gpu: int = 1,
+                 stack: int | None = None) -> None:
         self.workers = workers
         self.threads = threads
         self.lease_timeout = lease_timeout
         self.jobs_per_gpu = jobs_per_gpu
+        self.stack = stack
 
     def layout(self) -> list[str | None]:
         """One entry per worker slot: the ``CUDA_VISIBLE_DEVICES`` value that pins it, None for a CPU slot.
@@ -112,20 +116,21 @@ class LocalExecutor(Executor):
             on_event(event)
 
         results: list[JobResult] = []
-        todo = list(jobs)
+        todo = stack_units(jobs, store, self.stack, gpu=layout[0] is not None)
         free = list(range(len(layout)))
-        running: dict[Any, tuple[Job, list[int]]] = {}
+        running: dict[Any, tuple[list[Job], list[int]]] = {}
         pools = {pin: ProcessPool(max_workers=layout.count(pin), context=ctx, initializer=_init_worker,
                                   initargs=(events, plugins(), os.getpid(), pin))
                  for pin in dict.fromkeys(layout)}
         try:
             while todo or running:
                 while todo:  # first come, first served: a job waiting for whole GPUs is not overtaken
-                    slots = take_slots(layout, free, todo[0])
+                    slots = take_slots(layout, free, todo[0][0])
                     if slots is None:
                         break
-                    job = todo.pop(0)
-                    if not slots:  # asks for more GPUs than this machine has
+                    unit = todo.pop(0)
+                    if not slots:  # asks for more GPUs than this machine has (a stack is of one-process jobs)
+                        job = unit[0]
                         result = _record_failure(job, store, _too_many_gpus(job, layout))
                         emit(JobStarted(job.job_id, job.label, job.spec.train.epochs))
                         on_event(_finished(job, result))
@@ -136,23 +141,26 @@ class LocalExecutor(Executor):
                     # the job's share of the cores: what `num_workers: auto` divides
                     cpus = max(1, cpu_threads.cpus_available() * len(slots) // len(layout))
                     future = pools[layout[slots[0]]].schedule(
-                        _run_in_worker, args=(job, str(store.root), budget, self.lease_timeout, gpus, cpus))
-                    running[future] = (job, slots)
+                        _run_in_worker, args=(unit, str(store.root), budget, self.lease_timeout, gpus, cpus))
+                    running[future] = (unit, slots)
                 done, _ = wait(list(running), timeout=0.2, return_when=FIRST_COMPLETED)
                 _drain(events, emit)  # a finished job's events are all queued before its result arrives
                 for future in done:
-                    job, slots = running.pop(future)
+                    unit, slots = running.pop(future)
                     free.extend(slots)
                     try:
-                        result = future.result()
-                    except ProcessExpired as exc:  # the worker died: this job fails, the pool goes on
-                        result = _record_failure(job, store, f"worker process died ({_exit_reason(exc.exitcode)})")
+                        outcomes = future.result()
+                    except ProcessExpired as exc:  # the worker died: its jobs fail, the pool goes on
+                        why = f"worker process died ({_exit_reason(exc.exitcode)})"
+                        outcomes = [_record_failure(job, store, why) for job in unit]
                     except Exception as exc:
-                        result = _record_failure(job, store, f"worker error: {type(exc).__name__}: {exc}")
-                    if job.job_id not in started:  # died before it could say so: keep the event order
-                        emit(JobStarted(job.job_id, job.label, job.spec.train.epochs))
-                    on_event(_finished(job, result))
-                    results.append(result)
+                        why = f"worker error: {type(exc).__name__}: {exc}"
+                        outcomes = [_record_failure(job, store, why) for job in unit]
+                    for job, result in zip(unit, outcomes, strict=True):
+                        if job.job_id not in started:  # died before it could say so: keep the event order
+                            emit(JobStarted(job.job_id, job.label, job.spec.train.epochs))
+                        on_event(_finished(job, result))
+                        results.append(result)
         except Interrupted:
             self._stop(events, emit)
             raise
@@ -286,11 +294,9 @@ def _watch_parent(parent: int) -> None:
             return
 
 
-def _run_in_worker(job: Job, root: str, budget: cpu_threads.Budget, lease_timeout: float,
-                   gpus: str | None, cpus: int | None = None) -> JobResult:
+def _run_in_worker(unit: list[Job], root: str, budget: cpu_threads.Budget, lease_timeout: float,
+                   gpus: str | None, cpus: int | None = None) -> list[JobResult]:
     global _IN_JOB
-    from bioscale.distributed import run_job  # one process, or torchrun for a DDP job
-
     cpu_threads.set_budget(budget)
     if gpus is not None:  # the GPUs this job's ranks may use (torchrun inherits it), whole GPUs for DDP
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus
@@ -302,14 +308,44 @@ def _run_in_worker(job: Job, root: str, budget: cpu_threads.Budget, lease_timeou
         if _STOPPING:
             raise Interrupted(signal.SIGTERM)
         if put is not None:
-            put(JobStarted(job.job_id, job.label, job.spec.train.epochs))
-        return run_job(job, Store(root), put, lease_timeout)
+            for job in unit:
+                put(JobStarted(job.job_id, job.label, job.spec.train.epochs))
+        return run_unit(unit, Store(root), put, lease_timeout)
     except Interrupted as exc:  # the job is recorded and its lease released: go now
         # Progress events still buffered are dropped: flushing them could block forever on a full pipe
         # whose reader (a killed parent) is gone; the parent reports the job from the store.
         os._exit(exc.exit_code)
     finally:
         _IN_JOB = False
+
+
+def run_unit(unit: list[Job], store: Store, on_event: EventHandler | None, lease_timeout: float) -> list[JobResult]:
+    """Run one job (``bioscale.distributed.run_job``: this process, or torchrun for a DDP job) or one stack of
+    jobs (``bioscale.stack_train.run_stack``); a result per job."""
+    if len(unit) == 1:
+        from bioscale.distributed import run_job
+
+        return [run_job(unit[0], store, on_event, lease_timeout)]
+    from bioscale.stack_train import run_stack
+
+    return run_stack(unit, store, on_event, lease_timeout)  # type: ignore[arg-type]
+
+
+def stack_units(jobs: list[Job], store: Store, size: int | None, gpu: bool | None = None) -> list[list[Job]]:
+    """The jobs as stacks (``bioscale.stack_groups.plan_stacks``) of at most ``size`` members (None: the
+    device's default, ``stack_groups.default_size``); each job alone when that is 1."""
+    from bioscale.stack_groups import default_size, plan_stacks
+
+    size = size if size is not None else default_size(gpu if gpu is not None else bool(visible_gpus()))
+    if size == 1 or len(jobs) < 2:
+        return [[job] for job in jobs]
+    from bioscale import cadence
+    from bioscale.stack_train import unsupported
+
+    def start(job: Job) -> int:  # the epoch a resume starts from: members start together
+        return cadence.last_saved(job.spec.train, len(store.job_dir(job.grid, job.job_id).read_metrics()))
+
+    return plan_stacks(jobs, size, start=start, stackable=lambda job: unsupported(job.spec))
 
 
 def _drain(events: Any, on_event: EventHandler) -> None:
@@ -321,7 +357,8 @@ def _drain(events: Any, on_event: EventHandler) -> None:
         on_event(event)
 
 
-EXECUTOR_PARAMS: dict[str, set[str]] = {"inline": {"threads"}, "local": {"workers", "threads", "jobs_per_gpu"},
+EXECUTOR_PARAMS: dict[str, set[str]] = {"inline": {"threads", "stack"},
+                                        "local": {"workers", "threads", "jobs_per_gpu", "stack"},
                                         "slurm": {"cluster", "array_parallelism", "wait", "poll_s", "max_timeouts",
                                                   "signal_delay_s", "python", "queued_timeout_h"}}
 """Each executor's name and the parameters it takes: the one list grid validation and the CLI check."""
@@ -349,16 +386,17 @@ def executor_problem(spec: ExecutorSpec) -> str | None:
 
 def make_executor(spec: ExecutorSpec | None, lease_timeout: float = DEFAULT_LEASE_TIMEOUT_S) -> Executor:
     """``threads`` (both) is torch's CPU threads per job (default: chosen per job, ``bioscale.threads``);
-    ``workers`` (local) caps the processes and ``jobs_per_gpu`` (local) packs several jobs onto each GPU."""
+    ``workers`` (local) caps the processes and ``jobs_per_gpu`` (local) packs several jobs onto each GPU;
+    ``stack`` (both) trains up to that many jobs as one stacked model (``bioscale.stack_train``)."""
     spec = spec or ExecutorSpec(name="inline")
     problem = executor_problem(spec)
     if problem:
         raise BioscaleError(problem)
     if spec.name == "local":
         return LocalExecutor(spec.params.get("workers"), spec.params.get("threads"), lease_timeout,
-                             spec.params.get("jobs_per_gpu") or 1)
+                             spec.params.get("jobs_per_gpu") or 1, spec.params.get("stack"))
     if spec.name == "slurm":
         from bioscale.slurm import SlurmExecutor
 
         return SlurmExecutor.from_params(spec.params, lease_timeout)
-    return InlineExecutor(spec.params.get("threads"), lease_timeout)
+    return InlineExecutor(spec.params.get("threads"), lease_timeout, spec.params.get("stack"))

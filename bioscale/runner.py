@@ -141,21 +141,23 @@ def plan(grid: str | Path | GridSpec, results: str | Path = DEFAULT_RESULTS,
 
 def choose_executor(grid: GridSpec, executor: str | ExecutorSpec | Executor | None = None,
                     workers: int | None = None, threads: int | None = None,
-                    lease_timeout: float = DEFAULT_LEASE_TIMEOUT_S, jobs_per_gpu: int | None = None) -> Executor:
+                    lease_timeout: float = DEFAULT_LEASE_TIMEOUT_S, jobs_per_gpu: int | None = None,
+                    stack: int | None = None) -> Executor:
     """The executor for a run: the grid's ``executor:`` entry, replaced by ``executor`` where given, with
-    ``workers``/``threads`` on top (``workers`` alone means a local pool). Unknown names and parameters
-    raise ``BioscaleError`` before anything is written."""
+    ``workers``/``threads``/``jobs_per_gpu``/``stack`` on top (``workers`` alone means a local pool).
+    Unknown names and parameters raise ``BioscaleError`` before anything is written."""
+    settings = (workers, threads, jobs_per_gpu, stack)
     if isinstance(executor, Executor):
-        if workers is not None or threads is not None or jobs_per_gpu is not None:
-            raise BioscaleError("workers and threads configure an executor by name; give them to the executor "
-                                "object itself, or pass executor='local' (or 'inline') instead.")
+        if any(v is not None for v in settings):
+            raise BioscaleError("workers, threads, jobs_per_gpu and stack configure an executor by name; give "
+                                "them to the executor object itself, or pass executor='local' (or 'inline').")
         return executor
     spec = executor if isinstance(executor, ExecutorSpec) else grid.executor
-    if isinstance(executor, str) or workers is not None or threads is not None or jobs_per_gpu is not None:
+    if isinstance(executor, str) or any(v is not None for v in settings):
         pool = workers is not None or jobs_per_gpu is not None
         name = executor if isinstance(executor, str) else (spec.name if spec else ("local" if pool else "inline"))
         params = dict(spec.params) if spec and spec.name == name else {}
-        given = (("workers", workers), ("threads", threads), ("jobs_per_gpu", jobs_per_gpu))
+        given = (("workers", workers), ("threads", threads), ("jobs_per_gpu", jobs_per_gpu), ("stack", stack))
         params.update({k: v for k, v in given if v is not None})
         spec = ExecutorSpec(name=name, params=params)
     return make_executor(spec, lease_timeout)

@@ -71,3 +71,14 @@ def plan_stacks(jobs: Iterable[Job], size: int, start: Callable[[Job], int] | No
             stacks.append(family[at:at + n])
             at += n
     return stacks
+
+
+GPU_STACK = 16
+"""Members per stack on a GPU by default: an MNIST/CIFAR-sized step leaves a modern GPU mostly idle, so a
+stack of 16 costs little more than one job (``benchmarks/gpu_suite.sh`` measures it)."""
+
+
+def default_size(gpu: bool) -> int:
+    """``--stack``'s default: ``GPU_STACK`` on a GPU; 1 (each job alone) on the CPU, where a step is
+    arithmetic-bound and a stack gains little (issue 13: ~1.2x at M = 10)."""
+    return GPU_STACK if gpu else 1

@@ -49,7 +49,7 @@ def test_packed_gpus_pin_each_worker_and_keep_k_jobs_per_gpu(tmp_path: Path, tin
     import bioscale.executors as ex
 
     monkeypatch.setattr(ex, "visible_gpus", lambda: ["3", "5"])
-    local = make_executor(ExecutorSpec(name="local", params={"jobs_per_gpu": 2}))
+    local = make_executor(ExecutorSpec(name="local", params={"jobs_per_gpu": 2, "stack": 1}))  # one job a slot
     assert local.layout() == ["3", "3", "5", "5"] and local.threads_per_job(4) >= 1
     jobs = _jobs(tmp_path, tiny_grid)
     store = Store(tmp_path / "results")

@@ -118,3 +118,61 @@ def test_what_stacks_do_not_do_yet_is_said(change: dict, reason: str) -> None:
     raw = {**json.loads(json.dumps(RAW)), "rule": "fa", **change}
     assert reason in (unsupported(resolve(raw)) or "")
     assert unsupported(resolve({**RAW, "rule": "fa"})) is None
+
+
+# ---- the executors form stacks (--stack N) ---------------------------------------------------------------
+
+
+def _grid_file(tmp_path: Path) -> Path:
+    import yaml
+
+    raw = json.loads(json.dumps(RAW))
+    grid = {"name": "stk", "base": {**raw, "rule": "fa"}, "axes": {"seed": [0, 1, 2], "optim.lr": [1e-3, 2e-3]}}
+    path = tmp_path / "stk.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    return path
+
+
+def test_inline_executor_runs_stacks_and_says_so_per_job(tmp_path: Path) -> None:
+    from bioscale.events import JobFinished, JobStarted
+    from bioscale.executors import InlineExecutor
+
+    jobs = _jobs("fa", seeds=(0, 1, 2))  # 6 jobs, stacks of at most 4: 3 + 3
+    events: list[object] = []
+    results = InlineExecutor(stack=4).run(jobs, Store(tmp_path), events.append)
+    assert [r.status for r in results] == ["done"] * 6
+    stacks = {tuple(r.provenance.stack or ()) for r in results if r.provenance is not None}
+    assert sorted(len(s) for s in stacks) == [3, 3]
+    started = [e.job_id for e in events if isinstance(e, JobStarted)]
+    finished = [e.job_id for e in events if isinstance(e, JobFinished)]
+    assert sorted(started) == sorted(finished) == sorted(j.job_id for j in jobs)
+
+
+@pytest.mark.parametrize("extra", [["--stack", "3"], ["--executor", "local", "--workers", "2", "--stack", "3"]])
+def test_bioscale_run_with_stacks_records_every_job_and_resumes_as_a_no_op(tmp_path: Path, extra: list[str]) -> None:
+    import subprocess
+    import sys
+
+    grid, results = _grid_file(tmp_path), tmp_path / "runs"
+    cmd = [sys.executable, "-m", "bioscale", "run", str(grid), "--results", str(results), "-q", *extra]
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr
+    store = Store(results)
+    recorded = [jdir.read_result() for _, jdir in store.jobs("stk")]
+    assert len(recorded) == 6 and all(r is not None and r.status == "done" for r in recorded)
+    assert {len(r.provenance.stack or []) for r in recorded if r and r.provenance} == {3}
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0 and "nothing to run" in again.stderr
+
+
+def test_stack_is_an_executor_setting_checked_up_front() -> None:
+    from bioscale.errors import BioscaleError
+    from bioscale.executors import make_executor
+    from bioscale.spec import ExecutorSpec
+
+    assert make_executor(ExecutorSpec(name="local", params={"stack": 8})).stack == 8  # type: ignore[attr-defined]
+    with pytest.raises(BioscaleError, match="stack is a positive integer"):
+        make_executor(ExecutorSpec(name="inline", params={"stack": 0}))
+    with pytest.raises(BioscaleError, match="slurm"):
+        make_executor(ExecutorSpec(name="slurm", params={"stack": 4}))
