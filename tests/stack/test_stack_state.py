@@ -115,3 +115,25 @@ def test_member_views_do_not_write_back() -> None:
     with torch.no_grad():
         model.layers[0].op.weight.add_(1.0)
     assert torch.equal(stack.net.member_state_dict(1)["layers.0.op.weight"], before)
+
+
+@pytest.mark.parametrize(("arch", "rule"), [("fc", "dtp"), ("conv", "fa"), ("lc", "bp")])
+def test_a_diverging_member_leaves_the_others_exact(arch: str, rule: str) -> None:
+    """Member 2 blows up (lr 1e200: its weights overflow to inf/nan); the other members still follow their
+    solo runs, so the trainer can drop one member and keep the rest."""
+    optim = [dict(o) for o in SGD]
+    optim[2]["lr"] = 1e200
+    all_specs = specs(rule, arch=arch, optim=optim)
+    info = ARCHS[arch][1]
+    data = batches(info, 4)
+    stack = Stack.build(all_specs, info)
+    stack.begin_epoch(0)
+    for x, y in data:
+        loss = stack.step(x, y).loss
+    assert not torch.isfinite(loss[2]) or not torch.isfinite(stack.net.member_state_dict(2)["layers.0.op.weight"]).all()
+    for m in (0, 1, 3):
+        assert torch.isfinite(loss[m])
+        member = build_member(all_specs[m], info)
+        member.rule.begin_epoch(0)
+        _solo_steps(member.model, member.rule, data, m, range(4))
+        assert max_dev(stack.net.member_state_dict(m), member.model.state_dict()) < 1e-6
