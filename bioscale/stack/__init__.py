@@ -198,6 +198,10 @@ class Stack:
         """Logits [M, B, classes] for x [M, B, ...] or one batch x [B, ...] shared by every member."""
         return self.net(x)
 
+    def current_lr(self, m: int) -> float:
+        """Member m's lr now (``Rule.current_lr``: the first group of its "model" optimiser)."""
+        return float(self.rule.optimizers["model"].groups[0].lr[m])
+
     # -- members out and in -------------------------------------------------------------------------------
     def member_state(self, m: int) -> dict[str, Any]:
         """Member m's resumable state as ``Trainer.save`` writes it (model, rule, generators)."""

@@ -270,13 +270,14 @@ class StackedTarget(StackedRule):
         sigmas = [p.sigma for p in self.params]
         if not any(s > 0 for s in sigmas):
             return [None] * len(inputs)
-        noise = [torch.zeros_like(h) for h in inputs]
+        noise = [torch.zeros(h.shape, dtype=h.dtype, device=h.device) for h in inputs]  # contiguous
         for m, s in enumerate(sigmas):
             if s > 0:
                 with self.rng.use(m):
-                    for z, h in zip(noise, inputs, strict=True):
-                        # the solo rule's randn_like of its contiguous h: logical order, whatever h[m]'s strides
-                        z[m] = torch.randn(h[m].shape, dtype=h.dtype, device=h.device)
+                    for z in noise:
+                        # = the solo rule's randn_like of its (contiguous) h, drawn straight into z's
+                        # contiguous row: logical order, whatever the strides of h[m]
+                        z[m].normal_()
         return noise
 
     def _inverse_update(self, hs: list[Tensor], x: Tensor) -> None:

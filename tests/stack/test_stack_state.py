@@ -137,3 +137,15 @@ def test_a_diverging_member_leaves_the_others_exact(arch: str, rule: str) -> Non
         member.rule.begin_epoch(0)
         _solo_steps(member.model, member.rule, data, m, range(4))
         assert max_dev(stack.net.member_state_dict(m), member.model.state_dict()) < 1e-6
+
+
+def test_current_lr_per_member() -> None:
+    optim = [{**o, "schedule": {"step_size": s, "gamma": 0.5}} for o, s in zip(SGD, [1, 2, 3, 1], strict=True)]
+    all_specs = specs("bp", optim=optim)
+    stack = Stack.build(all_specs, FC)
+    for epoch in range(4):
+        stack.begin_epoch(epoch)
+        for m, spec in enumerate(all_specs):
+            solo = build_member(spec, FC).rule
+            solo.begin_epoch(epoch)
+            assert stack.current_lr(m) == solo.current_lr()
