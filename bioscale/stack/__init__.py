@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bioscale.catalog import ARCHS, RULES
-from bioscale.lazy import lazy
+from bioscale.lazy import grad_mode, lazy
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -53,7 +53,16 @@ torch = lazy("torch")
 
 STACK_ARCHS = ("fc", "lc", "conv")
 STACK_RULES = ("bp", "fa", "ss", "frsf", "brsf", "kp", "dfa", "dtp", "sdtp", "aosdtp")
-"""Rules with a stacked step (``bioscale.stack.rules.STACKED_RULES`` holds their exact classes)."""
+"""Rules with a stacked step."""
+STACKED_CLASSES = frozenset({
+    "bioscale.rules.bp.BP", "bioscale.rules.feedback.FA", "bioscale.rules.feedback.SignSymmetry",
+    "bioscale.rules.feedback.FRSF", "bioscale.rules.feedback.BRSF", "bioscale.rules.feedback.KolenPollack",
+    "bioscale.rules.feedback.DFA", "bioscale.rules.target.DTP", "bioscale.rules.target.SDTP",
+    "bioscale.rules.target.AOSDTP",
+})
+"""Their exact classes (a subclass, e.g. a plugin built on DFA, may change the step: refused), by name so that
+``stackable`` runs without torch (planning processes); ``bioscale.stack.rules.STACKED_RULES`` maps them to the
+stacked steps (a test keeps the two equal)."""
 
 PER_MEMBER: dict[str, set[str]] = {
     "seed": set(),
@@ -73,10 +82,8 @@ def stackable(specs: JobSpec | list[JobSpec]) -> str | None:
     if first.arch.name not in STACK_ARCHS:
         return (f"arch {first.arch.name!r} cannot be stacked: stacks take the layered nets "
                 f"{', '.join(STACK_ARCHS)}")
-    record = RULES.get(first.rule.name)
-    from bioscale.stack.rules import STACKED_RULES
-
-    if record.impl not in STACKED_RULES:
+    impl = RULES.get(first.rule.name).impl
+    if f"{impl.__module__}.{impl.__qualname__}" not in STACKED_CLASSES:
         return f"rule {first.rule.name!r} has no stacked step (stackable rules: {', '.join(STACK_RULES)})"
     if not ARCHS.get(first.arch.name).layered:
         return f"arch {first.arch.name!r} is not a layered net"
@@ -193,7 +200,7 @@ class Stack:
         """One training step; x [M, B, ...] and y [M, B] hold member m's batch in row m."""
         return self.rule.train_step(x, y)
 
-    @torch.no_grad()
+    @grad_mode(False)
     def forward(self, x: Tensor) -> Tensor:
         """Logits [M, B, classes] for x [M, B, ...] or one batch x [B, ...] shared by every member."""
         return self.net(x)
@@ -242,4 +249,5 @@ class Stack:
                                       else old.cuda, state.get("python_rng", old.python), old.device)
 
 
-__all__ = ["PER_MEMBER", "STACK_ARCHS", "STACK_RULES", "Member", "Stack", "build_member", "stackable"]
+__all__ = ["PER_MEMBER", "STACKED_CLASSES", "STACK_ARCHS", "STACK_RULES", "Member", "Stack", "build_member",
+           "stackable"]
