@@ -11,7 +11,9 @@ loss the sum of the members' batch-mean losses (so each member's gradient is its
 sigma/alpha/KP decay as [M] vectors, each member's random draws (brSF's redraws, TP's noise) from its own
 saved generator state (``bioscale.stack.rng``), and one hand-written optimiser step with per-member lr,
 betas, eps, weight decay, momentum and lr schedule (``bioscale.stack.optim``: torch's optimisers take one
-scalar per group). In float64 each member follows its solo run to ~1e-12 (tests/stack).
+scalar per group). In float64 each member follows its solo run to within 1e-10 over several steps (most rules
+~1e-15; sign-symmetry under Adam ~1e-10, Adam's normalisation magnifying rounding in near-zero gradients: 2e-16
+under SGD), checked against the solo rule code in tests/stack.
 
 Member m's solo state (model ``state_dict``, the rule's optimiser state in torch's format, its generator
 states) comes out with ``Stack.member_state(m)`` and goes back with ``Stack.load_member_state``: a member's
@@ -28,8 +30,18 @@ What the trainer calls::
             for x, y in batches:          # x [M, B, ...], y [M, B]: member m's batch in row m
                 out = stack.step(x, y)    # out.loss [M], out.logits [M, B, classes]
         logits = stack.forward(x_test)    # [M, B, classes]; x_test [B, ...] is shared by all members
-        model_m, rule_m = stack.member(m) # the solo objects, synced: diagnostics, evaluation as today
+        scores = bioscale.stack.evaluate.evaluate(stack, loader)  # one Evaluation per member, one pass
+        model_m, rule_m = stack.member(m) # the solo objects, synced: diagnostics (rule_m.diagnostics) as today
         state = stack.member_state(m)     # checkpoint (Trainer.save's keys, minus epochs/wall time)
+        stack.load_member_state(m, state) # resume member m from its own checkpoint
+        stack.current_lr(m)
+
+A member that diverges (nan/inf) stays in its own slice: the others keep computing exactly their solo runs
+(tested), so the trainer can record it as diverged and keep stepping (or rebuild the stack without it).
+
+Not (yet) stacked: bf16 autocast, torch.compile, distributed jobs, rules other than the ten built-in ones
+(a plugin subclass of one of them included, since it may change the step), architectures other than fc, lc
+and conv. ``stackable`` says which and why; ``Stack`` refuses them.
 """
 
 from __future__ import annotations
