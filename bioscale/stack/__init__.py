@@ -35,6 +35,7 @@ What the trainer calls::
         state = stack.member_state(m)     # checkpoint (Trainer.save's keys, minus epochs/wall time)
         stack.load_member_state(m, state) # resume member m from its own checkpoint
         stack.current_lr(m)
+        stack = stack.subset([0, 2, 3])   # drop member 1 (diverged, or its job stops here); the rest carry on
 
 A member that diverges (nan/inf) stays in its own slice: the others keep computing exactly their solo runs
 (tested), so the trainer can record it as diverged and keep stepping (or rebuild the stack without it).
@@ -231,7 +232,8 @@ class Stack:
 
     def member(self, m: int) -> tuple[nn.Module, Rule]:
         """Member m's solo model and rule, holding the stack's current state (a copy: writing to them does not
-        change the stack; ``load_member_state`` does)."""
+        change the stack; ``load_member_state`` does). They are scratch objects, refilled by every call (of this
+        stack or of a ``subset`` of it, which shares them)."""
         mem = self.members[m]
         mem.model.load_state_dict(self.net.member_state_dict(m))
         state = {"optimizers": {}}
@@ -244,6 +246,17 @@ class Stack:
             state["optimizers"][key] = solo
         mem.rule.load_state_dict(state)
         return mem.model, mem.rule
+
+    def subset(self, keep: list[int]) -> Stack:
+        """A stack of the members ``keep`` (in that order), each carrying on exactly where it is: for dropping a
+        diverged member, or one whose job stops earlier (a promotion rung)."""
+        states = [self.member_state(m) for m in keep]
+        phase = self.rule.phase
+        new = Stack([self.members[m] for m in keep])
+        for j, state in enumerate(states):
+            new.load_member_state(j, state)
+        new.rule.phase = phase
+        return new
 
     def load_member_state(self, m: int, state: dict[str, Any]) -> None:
         """Put a solo checkpoint's state (``Trainer.save``'s keys) into member m."""

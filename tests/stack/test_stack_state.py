@@ -149,3 +149,23 @@ def test_current_lr_per_member() -> None:
             solo = build_member(spec, FC).rule
             solo.begin_epoch(epoch)
             assert stack.current_lr(m) == solo.current_lr()
+
+
+@pytest.mark.parametrize(("arch", "rule", "params"), CASES)
+def test_subset_carries_on(arch: str, rule: str, params: dict) -> None:
+    """Dropping members mid-run: the kept ones continue exactly as they would in the full stack."""
+    all_specs = specs(rule, arch=arch, params=params)
+    info = ARCHS[arch][1]
+    data = batches(info, 4)
+    full = Stack.build(all_specs, info)
+    full.begin_epoch(0)
+    for x, y in data[:2]:
+        full.step(x, y)
+    keep = [3, 0, 2]
+    part = full.subset(keep)
+    for x, y in data[2:]:
+        full.step(x, y)
+        part.step(x[keep], y[keep])
+    for j, m in enumerate(keep):
+        assert max_dev(part.net.member_state_dict(j), full.net.member_state_dict(m)) < 1e-12
+        assert max_dev(part.member(j)[1].state_dict(), full.member(m)[1].state_dict()) < 1e-12
