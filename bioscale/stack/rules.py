@@ -19,7 +19,7 @@ from torch import Tensor
 from bioscale.errors import BioscaleError
 from bioscale.rules import bp, feedback, target
 from bioscale.stack.layers import StackedNet, StackedSignMagnitudeFeedback
-from bioscale.stack.optim import StackedOptimizer
+from bioscale.stack.optim import StackedGroup, StackedOptimizer
 
 if TYPE_CHECKING:
     from bioscale.rules.base import Rule
@@ -92,9 +92,8 @@ class StackedRule:
         raise NotImplementedError
 
 
-def _group(params: list[Tensor], solo: list[dict[str, Any]]) -> Any:
-    from bioscale.stack.optim import StackedGroup
-
+def _group(params: list[Tensor], solo: list[dict[str, Any]]) -> StackedGroup:
+    """The members' copies of one solo param group: each member's own initial and current lr."""
     return StackedGroup(params, [float(g.get("initial_lr", g["lr"])) for g in solo], [float(g["lr"]) for g in solo])
 
 
