@@ -11,7 +11,9 @@ loss the sum of the members' batch-mean losses (so each member's gradient is its
 sigma/alpha/KP decay as [M] vectors, each member's random draws (brSF's redraws, TP's noise) from its own
 saved generator state (``bioscale.stack.rng``), and one hand-written optimiser step with per-member lr,
 betas, eps, weight decay, momentum and lr schedule (``bioscale.stack.optim``: torch's optimisers take one
-scalar per group). In float64 each member follows its solo run to ~1e-12 (tests/stack).
+scalar per group). In float64 each member follows its solo run to within 1e-10 over several steps (most rules
+~1e-15; sign-symmetry under Adam ~1e-10, Adam's normalisation magnifying rounding in near-zero gradients: 2e-16
+under SGD), checked against the solo rule code in tests/stack.
 
 Member m's solo state (model ``state_dict``, the rule's optimiser state in torch's format, its generator
 states) comes out with ``Stack.member_state(m)`` and goes back with ``Stack.load_member_state``: a member's
@@ -28,8 +30,19 @@ What the trainer calls::
             for x, y in batches:          # x [M, B, ...], y [M, B]: member m's batch in row m
                 out = stack.step(x, y)    # out.loss [M], out.logits [M, B, classes]
         logits = stack.forward(x_test)    # [M, B, classes]; x_test [B, ...] is shared by all members
-        model_m, rule_m = stack.member(m) # the solo objects, synced: diagnostics, evaluation as today
+        scores = bioscale.stack.evaluate.evaluate(stack, loader)  # one Evaluation per member, one pass
+        model_m, rule_m = stack.member(m) # the solo objects, synced: diagnostics (rule_m.diagnostics) as today
         state = stack.member_state(m)     # checkpoint (Trainer.save's keys, minus epochs/wall time)
+        stack.load_member_state(m, state) # resume member m from its own checkpoint
+        stack.current_lr(m)
+        stack = stack.subset([0, 2, 3])   # drop member 1 (diverged, or its job stops here); the rest carry on
+
+A member that diverges (nan/inf) stays in its own slice: the others keep computing exactly their solo runs
+(tested), so the trainer can record it as diverged and keep stepping (or rebuild the stack without it).
+
+Not (yet) stacked: bf16 autocast, torch.compile, distributed jobs, rules other than the ten built-in ones
+(a plugin subclass of one of them included, since it may change the step), architectures other than fc, lc
+and conv. ``stackable`` says which and why; ``Stack`` refuses them.
 """
 
 from __future__ import annotations
@@ -39,7 +52,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bioscale.catalog import ARCHS, RULES
-from bioscale.lazy import lazy
+from bioscale.lazy import grad_mode, lazy
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -53,7 +66,16 @@ torch = lazy("torch")
 
 STACK_ARCHS = ("fc", "lc", "conv")
 STACK_RULES = ("bp", "fa", "ss", "frsf", "brsf", "kp", "dfa", "dtp", "sdtp", "aosdtp")
-"""Rules with a stacked step (``bioscale.stack.rules.STACKED_RULES`` holds their exact classes)."""
+"""Rules with a stacked step."""
+STACKED_CLASSES = frozenset({
+    "bioscale.rules.bp.BP", "bioscale.rules.feedback.FA", "bioscale.rules.feedback.SignSymmetry",
+    "bioscale.rules.feedback.FRSF", "bioscale.rules.feedback.BRSF", "bioscale.rules.feedback.KolenPollack",
+    "bioscale.rules.feedback.DFA", "bioscale.rules.target.DTP", "bioscale.rules.target.SDTP",
+    "bioscale.rules.target.AOSDTP",
+})
+"""Their exact classes (a subclass, e.g. a plugin built on DFA, may change the step: refused), by name so that
+``stackable`` runs without torch (planning processes); ``bioscale.stack.rules.STACKED_RULES`` maps them to the
+stacked steps (a test keeps the two equal)."""
 
 PER_MEMBER: dict[str, set[str]] = {
     "seed": set(),
@@ -73,10 +95,8 @@ def stackable(specs: JobSpec | list[JobSpec]) -> str | None:
     if first.arch.name not in STACK_ARCHS:
         return (f"arch {first.arch.name!r} cannot be stacked: stacks take the layered nets "
                 f"{', '.join(STACK_ARCHS)}")
-    record = RULES.get(first.rule.name)
-    from bioscale.stack.rules import STACKED_RULES
-
-    if record.impl not in STACKED_RULES:
+    impl = RULES.get(first.rule.name).impl
+    if f"{impl.__module__}.{impl.__qualname__}" not in STACKED_CLASSES:
         return f"rule {first.rule.name!r} has no stacked step (stackable rules: {', '.join(STACK_RULES)})"
     if not ARCHS.get(first.arch.name).layered:
         return f"arch {first.arch.name!r} is not a layered net"
@@ -193,10 +213,14 @@ class Stack:
         """One training step; x [M, B, ...] and y [M, B] hold member m's batch in row m."""
         return self.rule.train_step(x, y)
 
-    @torch.no_grad()
+    @grad_mode(False)
     def forward(self, x: Tensor) -> Tensor:
         """Logits [M, B, classes] for x [M, B, ...] or one batch x [B, ...] shared by every member."""
         return self.net(x)
+
+    def current_lr(self, m: int) -> float:
+        """Member m's lr now (``Rule.current_lr``: the first group of its "model" optimiser)."""
+        return float(self.rule.optimizers["model"].groups[0].lr[m])
 
     # -- members out and in -------------------------------------------------------------------------------
     def member_state(self, m: int) -> dict[str, Any]:
@@ -208,7 +232,8 @@ class Stack:
 
     def member(self, m: int) -> tuple[nn.Module, Rule]:
         """Member m's solo model and rule, holding the stack's current state (a copy: writing to them does not
-        change the stack; ``load_member_state`` does)."""
+        change the stack; ``load_member_state`` does). They are scratch objects, refilled by every call (of this
+        stack or of a ``subset`` of it, which shares them)."""
         mem = self.members[m]
         mem.model.load_state_dict(self.net.member_state_dict(m))
         state = {"optimizers": {}}
@@ -221,6 +246,17 @@ class Stack:
             state["optimizers"][key] = solo
         mem.rule.load_state_dict(state)
         return mem.model, mem.rule
+
+    def subset(self, keep: list[int]) -> Stack:
+        """A stack of the members ``keep`` (in that order), each carrying on exactly where it is: for dropping a
+        diverged member, or one whose job stops earlier (a promotion rung)."""
+        states = [self.member_state(m) for m in keep]
+        phase = self.rule.phase
+        new = Stack([self.members[m] for m in keep])
+        for j, state in enumerate(states):
+            new.load_member_state(j, state)
+        new.rule.phase = phase
+        return new
 
     def load_member_state(self, m: int, state: dict[str, Any]) -> None:
         """Put a solo checkpoint's state (``Trainer.save``'s keys) into member m."""
@@ -238,5 +274,5 @@ class Stack:
                                       else old.cuda, state.get("python_rng", old.python), old.device)
 
 
-__all__ = ["PER_MEMBER", "STACK_ARCHS", "STACK_RULES", "Member", "Stack", "build_member", "shared_settings",
-           "stackable"]
+__all__ = ["PER_MEMBER", "STACKED_CLASSES", "STACK_ARCHS", "STACK_RULES", "Member", "Stack", "build_member",
+           "shared_settings", "stackable"]

@@ -47,9 +47,9 @@ class StackedOptimizer:
         self.nesterov = specs[0].nesterov
         self.groups = groups
         self.state: dict[int, dict[str, Any]] = {}
-        self.steps = [0] * self.m
-        """Per member: optimiser steps taken (Adam's bias correction; torch keeps it per parameter, and every
-        parameter of a solo optimiser steps together, so one count per member is the same)."""
+        """Per stacked parameter: "step" (per member: steps taken, Adam's bias correction, as torch keeps it per
+        parameter) and its moments, views of the group's [M, P] buffers (``_flat``)."""
+        self._flat: dict[int, dict[str, Tensor]] = {}
         self._vec_cache: dict[tuple, Tensor] = {}
 
     @property
@@ -89,54 +89,76 @@ class StackedOptimizer:
 
     @torch.no_grad()
     def step(self) -> None:
-        self.steps = [s + 1 for s in self.steps]
         for g in self.groups:
-            for p in g.params:
-                if p.grad is None:
-                    continue
-                if self.name == "adam":
-                    self._adam(p, g.lr)
-                else:
-                    self._sgd(p, g.lr)
+            ps = [p for p in g.params if p.grad is not None]
+            if not ps:
+                continue
+            self._ensure_state(g)
+            states = [self.state[id(p)] for p in ps]
+            if len(ps) == len(g.params) > 1 and all(st["step"] == states[0]["step"] for st in states):
+                self._flat_step(g, ps, states)
+            else:  # some parameter skipped a step before (no gradient): step each on its own count
+                for p, st in zip(ps, states, strict=True):
+                    st["step"] = [s + 1 for s in st["step"]]
+                    p.sub_(self._delta(p.grad, p, st, st["step"], g.lr))
 
-    def _adam(self, p: Tensor, lr: list[float]) -> None:
-        """torch.optim.Adam's single-tensor update (``_single_tensor_adam``), per member."""
-        grad = p.grad
-        assert grad is not None
-        wd = [s.weight_decay for s in self.specs]
-        if any(wd):
-            grad = grad.add(p * self._vec(wd, p))
-        st = self.state.setdefault(id(p), {})
-        if not st:
-            st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        beta1 = [s.betas[0] for s in self.specs]
-        beta2 = [s.betas[1] for s in self.specs]
-        st["exp_avg"].lerp_(grad, self._vec([1 - b for b in beta1], p))
-        st["exp_avg_sq"].mul_(self._vec(beta2, p)).add_(self._vec([1 - b for b in beta2], p) * grad * grad)
-        step_size = [lr[m] / (1 - beta1[m] ** self.steps[m]) for m in range(self.m)]
-        bc2_sqrt = [(1 - beta2[m] ** self.steps[m]) ** 0.5 for m in range(self.m)]
-        denom = (st["exp_avg_sq"].sqrt() / self._vec(bc2_sqrt, p)).add_(self._vec([s.eps for s in self.specs], p))
-        p.sub_(self._vec(step_size, p) * st["exp_avg"] / denom)
+    def _flat_step(self, g: StackedGroup, ps: list[Tensor], states: list[dict[str, Any]]) -> None:
+        """The whole group at once on [M, P] views (a few kernels per group instead of a few per parameter:
+        a small net's step is bound by kernel launches on a GPU)."""
+        steps = [s + 1 for s in states[0]["step"]]
+        for st in states:
+            st["step"] = list(steps)
+        grad = torch.cat([p.grad.reshape(self.m, -1) for p in ps], dim=1)
+        param = torch.cat([p.reshape(self.m, -1) for p in ps], dim=1) if self._decays() else None
+        delta = self._delta(grad, param, self._flat[id(g)], steps, g.lr)
+        sizes = [p[0].numel() for p in ps]
+        torch._foreach_sub_(ps, [d.view_as(p) for d, p in zip(delta.split(sizes, dim=1), ps, strict=True)])
 
-    def _sgd(self, p: Tensor, lr: list[float]) -> None:
-        """torch.optim.SGD's single-tensor update (dampening 0), per member. A member with momentum 0 keeps a
-        buffer equal to its gradient, which steps exactly as torch's buffer-free path."""
-        grad = p.grad
-        assert grad is not None
-        wd = [s.weight_decay for s in self.specs]
-        if any(wd):
-            grad = grad.add(p * self._vec(wd, p))
+    def _decays(self) -> bool:
+        return any(s.weight_decay for s in self.specs)
+
+    def _ensure_state(self, g: StackedGroup) -> None:
+        """Zero moments (torch's initial state; a zero SGD buffer times momentum plus the gradient is the
+        gradient, torch's first buffer) in one [M, P] buffer per group, each parameter's state a view of it."""
+        if id(g) in self._flat:
+            return
+        keys = ("exp_avg", "exp_avg_sq") if self.name == "adam" else (
+            ("momentum_buffer",) if any(s.momentum for s in self.specs) else ())
+        ref = g.params[0]
+        total = sum(p[0].numel() for p in g.params)
+        flat = {k: torch.zeros(self.m, total, dtype=ref.dtype, device=ref.device) for k in keys}
+        self._flat[id(g)] = flat
+        off = 0
+        for p in g.params:
+            n = p[0].numel()
+            st = self.state.setdefault(id(p), {})
+            st["step"] = [0] * self.m
+            for k in keys:
+                st[k] = flat[k][:, off:off + n].view(p.shape)
+            off += n
+
+    def _delta(self, grad: Tensor, param: Tensor | None, st: dict[str, Any], steps: list[int], lr: list[float]
+               ) -> Tensor:
+        """What the step subtracts from the parameter (torch's formulas, per member); updates ``st``'s moments."""
+        if self._decays():
+            assert param is not None
+            grad = grad.add(param * self._vec([s.weight_decay for s in self.specs], grad))
+        if self.name == "adam":
+            beta1 = [s.betas[0] for s in self.specs]
+            beta2 = [s.betas[1] for s in self.specs]
+            exp_avg, exp_avg_sq = st["exp_avg"], st["exp_avg_sq"]
+            exp_avg.lerp_(grad, self._vec([1 - b for b in beta1], grad))
+            exp_avg_sq.mul_(self._vec(beta2, grad)).add_(self._vec([1 - b for b in beta2], grad) * grad * grad)
+            step_size = [lr[m] / (1 - beta1[m] ** steps[m]) for m in range(self.m)]
+            bc2_sqrt = [(1 - beta2[m] ** steps[m]) ** 0.5 for m in range(self.m)]
+            denom = (exp_avg_sq.sqrt() / self._vec(bc2_sqrt, grad)).add_(self._vec([s.eps for s in self.specs], grad))
+            return self._vec(step_size, grad) * exp_avg / denom
         momentum = [s.momentum for s in self.specs]
         if any(momentum):
-            st = self.state.setdefault(id(p), {})
-            buf = st.get("momentum_buffer")
-            if buf is None:
-                buf = st["momentum_buffer"] = grad.detach().clone()
-            else:
-                buf.mul_(self._vec(momentum, p)).add_(grad)
-            grad = grad.add(buf * self._vec(momentum, p)) if self.nesterov else buf
-        p.sub_(self._vec(lr, p) * grad)
+            buf = st["momentum_buffer"]
+            buf.mul_(self._vec(momentum, grad)).add_(grad)
+            grad = grad.add(buf * self._vec(momentum, grad)) if self.nesterov else buf
+        return self._vec(lr, grad) * grad
 
     # -- per-member state, in a solo optimiser's format ------------------------------------------------
 
@@ -147,12 +169,12 @@ class StackedOptimizer:
         state: dict[int, dict[str, Any]] = {}
         for p in order:
             st = self.state.get(id(p))
+            if st is None or st["step"][m] == 0:  # torch has no state for a parameter that never stepped
+                continue
             if self.name == "adam":
-                if st is None:
-                    continue
-                state[index[id(p)]] = {"step": torch.tensor(float(self.steps[m])),
+                state[index[id(p)]] = {"step": torch.tensor(float(st["step"][m])),
                                        "exp_avg": st["exp_avg"][m].clone(), "exp_avg_sq": st["exp_avg_sq"][m].clone()}
-            elif st is not None and "momentum_buffer" in st and self.specs[m].momentum:
+            elif "momentum_buffer" in st and self.specs[m].momentum:
                 state[index[id(p)]] = {"momentum_buffer": st["momentum_buffer"][m].clone()}
         groups = []
         for g in self.groups:
@@ -167,22 +189,21 @@ class StackedOptimizer:
         for g, sg in zip(self.groups, sd["param_groups"], strict=True):
             g.lr[m] = float(sg["lr"])
             g.initial_lr[m] = float(sg.get("initial_lr", sg["lr"]))
-        steps = set()
+        for g in self.groups:
+            self._ensure_state(g)
         with torch.no_grad():
             for i, p in enumerate(order):
                 saved = sd["state"].get(i, sd["state"].get(str(i)))
-                if saved is None:
-                    continue
-                st = self.state.setdefault(id(p), {})
+                st = self.state[id(p)]
                 for key in ("exp_avg", "exp_avg_sq", "momentum_buffer"):
-                    if key in saved:
-                        if key not in st:
-                            st[key] = torch.zeros_like(p)
-                        st[key][m].copy_(saved[key])
-                if "step" in saved:
-                    steps.add(int(float(saved["step"])))
-        if len(steps) > 1:
-            raise BioscaleError(f"a solo optimiser state whose parameters are at different steps {sorted(steps)} "
-                                "cannot be stacked.")
-        if steps:
-            self.steps[m] = steps.pop()
+                    if key in st:
+                        if saved is not None and saved.get(key) is not None:
+                            st[key][m].copy_(saved[key])
+                        else:
+                            st[key][m].zero_()
+                if saved is None:
+                    st["step"][m] = 0
+                elif "step" in saved:
+                    st["step"][m] = int(float(saved["step"]))
+                else:  # SGD keeps no count: any positive one marks "has stepped" (a buffer exists)
+                    st["step"][m] = max(st["step"][m], 1)

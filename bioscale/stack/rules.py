@@ -19,7 +19,7 @@ from torch import Tensor
 from bioscale.errors import BioscaleError
 from bioscale.rules import bp, feedback, target
 from bioscale.stack.layers import StackedNet, StackedSignMagnitudeFeedback
-from bioscale.stack.optim import StackedOptimizer
+from bioscale.stack.optim import StackedGroup, StackedOptimizer
 
 if TYPE_CHECKING:
     from bioscale.rules.base import Rule
@@ -92,9 +92,8 @@ class StackedRule:
         raise NotImplementedError
 
 
-def _group(params: list[Tensor], solo: list[dict[str, Any]]) -> Any:
-    from bioscale.stack.optim import StackedGroup
-
+def _group(params: list[Tensor], solo: list[dict[str, Any]]) -> StackedGroup:
+    """The members' copies of one solo param group: each member's own initial and current lr."""
     return StackedGroup(params, [float(g.get("initial_lr", g["lr"])) for g in solo], [float(g["lr"]) for g in solo])
 
 
@@ -270,13 +269,14 @@ class StackedTarget(StackedRule):
         sigmas = [p.sigma for p in self.params]
         if not any(s > 0 for s in sigmas):
             return [None] * len(inputs)
-        noise = [torch.zeros_like(h) for h in inputs]
+        noise = [torch.zeros(h.shape, dtype=h.dtype, device=h.device) for h in inputs]  # contiguous
         for m, s in enumerate(sigmas):
             if s > 0:
                 with self.rng.use(m):
-                    for z, h in zip(noise, inputs, strict=True):
-                        # the solo rule's randn_like of its contiguous h: logical order, whatever h[m]'s strides
-                        z[m] = torch.randn(h[m].shape, dtype=h.dtype, device=h.device)
+                    for z in noise:
+                        # = the solo rule's randn_like of its (contiguous) h, drawn straight into z's
+                        # contiguous row: logical order, whatever the strides of h[m]
+                        z[m].normal_()
         return noise
 
     def _inverse_update(self, hs: list[Tensor], x: Tensor) -> None:

@@ -40,11 +40,18 @@ def test_dtp_batch_mean_alpha() -> None:
 
 
 @pytest.mark.parametrize("arch", ["lc", "conv"])
-@pytest.mark.parametrize("rule", ["bp", "fa", "ss", "brsf", "kp", "dfa", "dtp", "sdtp"])
+@pytest.mark.parametrize("rule", ["bp", "fa", "ss", "frsf", "brsf", "kp", "dfa", "dtp", "sdtp", "aosdtp"])
 def test_local_archs(rule: str, arch: str) -> None:
-    per_member = {"dtp": ("sigma", "alpha"), "sdtp": ("sigma",), "kp": ("decay",)}.get(rule, ())
+    per_member = {"dtp": ("sigma", "alpha"), "sdtp": ("sigma",), "aosdtp": ("sigma",), "kp": ("decay",)}.get(rule, ())
+    params = {"aux_units": 5} if rule == "aosdtp" else None
     info = ARCHS[arch][1]
-    check(specs(rule, arch=arch, per_member=per_member), info)
+    check(specs(rule, arch=arch, params=params, per_member=per_member), info)
+
+
+@pytest.mark.parametrize("arch", ["lc", "conv"])
+def test_local_archs_alternating(arch: str) -> None:
+    check(specs("dtp", arch=arch, params={"schedule": "alternating"}, per_member=("sigma", "alpha"),
+                inverse=list(reversed(SGD))), ARCHS[arch][1])
 
 
 def test_lr_schedule_per_member() -> None:

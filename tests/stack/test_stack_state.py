@@ -115,3 +115,57 @@ def test_member_views_do_not_write_back() -> None:
     with torch.no_grad():
         model.layers[0].op.weight.add_(1.0)
     assert torch.equal(stack.net.member_state_dict(1)["layers.0.op.weight"], before)
+
+
+@pytest.mark.parametrize(("arch", "rule"), [("fc", "dtp"), ("conv", "fa"), ("lc", "bp")])
+def test_a_diverging_member_leaves_the_others_exact(arch: str, rule: str) -> None:
+    """Member 2 blows up (lr 1e200: its weights overflow to inf/nan); the other members still follow their
+    solo runs, so the trainer can drop one member and keep the rest."""
+    optim = [dict(o) for o in SGD]
+    optim[2]["lr"] = 1e200
+    all_specs = specs(rule, arch=arch, optim=optim)
+    info = ARCHS[arch][1]
+    data = batches(info, 4)
+    stack = Stack.build(all_specs, info)
+    stack.begin_epoch(0)
+    for x, y in data:
+        loss = stack.step(x, y).loss
+    assert not torch.isfinite(loss[2]) or not torch.isfinite(stack.net.member_state_dict(2)["layers.0.op.weight"]).all()
+    for m in (0, 1, 3):
+        assert torch.isfinite(loss[m])
+        member = build_member(all_specs[m], info)
+        member.rule.begin_epoch(0)
+        _solo_steps(member.model, member.rule, data, m, range(4))
+        assert max_dev(stack.net.member_state_dict(m), member.model.state_dict()) < 1e-6
+
+
+def test_current_lr_per_member() -> None:
+    optim = [{**o, "schedule": {"step_size": s, "gamma": 0.5}} for o, s in zip(SGD, [1, 2, 3, 1], strict=True)]
+    all_specs = specs("bp", optim=optim)
+    stack = Stack.build(all_specs, FC)
+    for epoch in range(4):
+        stack.begin_epoch(epoch)
+        for m, spec in enumerate(all_specs):
+            solo = build_member(spec, FC).rule
+            solo.begin_epoch(epoch)
+            assert stack.current_lr(m) == solo.current_lr()
+
+
+@pytest.mark.parametrize(("arch", "rule", "params"), CASES)
+def test_subset_carries_on(arch: str, rule: str, params: dict) -> None:
+    """Dropping members mid-run: the kept ones continue exactly as they would in the full stack."""
+    all_specs = specs(rule, arch=arch, params=params)
+    info = ARCHS[arch][1]
+    data = batches(info, 4)
+    full = Stack.build(all_specs, info)
+    full.begin_epoch(0)
+    for x, y in data[:2]:
+        full.step(x, y)
+    keep = [3, 0, 2]
+    part = full.subset(keep)
+    for x, y in data[2:]:
+        full.step(x, y)
+        part.step(x[keep], y[keep])
+    for j, m in enumerate(keep):
+        assert max_dev(part.net.member_state_dict(j), full.net.member_state_dict(m)) < 1e-12
+        assert max_dev(part.member(j)[1].state_dict(), full.member(m)[1].state_dict()) < 1e-12

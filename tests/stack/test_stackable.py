@@ -3,15 +3,22 @@ stacked step or is refused with a reason (never run approximately)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from bioscale.catalog import ARCHS, RULES
 from bioscale.errors import BioscaleError
 from bioscale.rules.feedback import DFA
 from bioscale.spec import JobSpec
-from bioscale.stack import STACK_RULES, Stack, stackable
+from bioscale.stack import STACK_RULES, STACKED_CLASSES, Stack, stackable
 from bioscale.stack.rules import STACKED_RULES, stacked_rule
 from tests.stack.cases import FC, specs
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("name", RULES.names())
@@ -24,6 +31,22 @@ def test_every_registered_rule_is_stacked_or_refused(name: str) -> None:
         assert reason is not None and name in reason
         with pytest.raises(BioscaleError, match="cannot train as one stack"):
             Stack.build(specs(name), FC)
+
+
+def test_the_stacked_classes_are_the_stacked_steps() -> None:
+    assert {f"{c.__module__}.{c.__qualname__}" for c in STACKED_RULES} == STACKED_CLASSES
+    assert {n for n in RULES.names() if RULES.get(n).impl in STACKED_RULES} == set(STACK_RULES)
+
+
+def test_stackable_does_not_import_torch() -> None:
+    """Planning (the executor forming stacks) may run in a process that never trains."""
+    code = ("from bioscale.spec import JobSpec\nfrom bioscale.stack import stackable\n"
+            "s = JobSpec.model_validate({'dataset': {'name': 'synthetic'}, 'arch': {'name': 'fc'}, "
+            "'rule': {'name': 'dtp'}})\nassert stackable([s, s.model_copy(update={'seed': 1})]) is None\n"
+            "import sys\nassert 'torch' not in sys.modules, 'torch'")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr
 
 
 @pytest.mark.parametrize("arch", ARCHS.names())
