@@ -17,7 +17,6 @@ disagree (e.g. one was damaged), the stack is not formed and every job runs alon
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import random
 import time
@@ -29,13 +28,13 @@ import torch
 
 from bioscale import cadence, claims, threads
 from bioscale.data import LoaderSettings, load_data
-from bioscale.data.loaders import TensorLoader, first_batch
-from bioscale.errors import BioscaleError
+from bioscale.data.loaders import first_batch
 from bioscale.interrupts import Interrupted
 from bioscale.job import Job, unwritable_result
 from bioscale.logsinks import JobLog
 from bioscale.provenance import collect, now
 from bioscale.spec import EpochMetrics, JobResult, JobSpec
+from bioscale.stack.data import StackedLoader, member_loaders
 from bioscale.store import JobDir, Store
 from bioscale.tasks import Evaluation
 from bioscale.train import ProgressFn, Trainer, resolve_device, run_job, seed_everything
@@ -55,10 +54,6 @@ def unsupported(spec: JobSpec) -> str | None:
         optim = getattr(spec, key)
         if optim is not None and optim.warmup is not None:
             return f"{key}.warmup is not implemented for stacks"
-    if spec.dataset.params.get("validation"):
-        return "dataset.params.validation is not implemented for stacks"
-    if spec.train.train_error == "running":
-        return "train.train_error: running is not implemented for stacks"
     return None
 
 
@@ -71,8 +66,6 @@ class _Member:
     provenance: Any
     result: JobResult | None = None
     """Set once the member has left the stack (diverged, lost its lease): what it recorded."""
-    loader: Any = None
-    loss_sum: torch.Tensor | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -151,12 +144,9 @@ class _StackRun:
         ctx = LoaderSettings(spec.train.batch_size, spec.train.eval_batch_size, device, spec.seed,
                              spec.train.num_workers)
         data = load_data(spec.dataset, ctx)
-        if not isinstance(data.train, TensorLoader):
-            raise BioscaleError(f"dataset {spec.dataset.name!r} is read from files; stacks take datasets held "
-                                "in memory (MNIST, CIFAR, downsampled ImageNet). Run it with --stack 1.")
-        for m in self.members:  # the solo loader with the member's seed: its own order and augmentation
-            m.loader = copy.copy(data.train)
-            m.loader.seed = m.job.spec.seed
+        # each member's solo loader (its seed: its own order and augmentation) over the one loaded set
+        self.batches = StackedLoader(member_loaders(data.train, [m.job.spec.seed for m in self.members]))
+        for m in self.members:
             m.trainer.device = device
         stack = Stack.build([m.job.spec for m in self.members], data.info, device)
         starts = []
@@ -211,18 +201,18 @@ class _StackRun:
         train = self.members[0].job.spec.train
         end = min(train.epochs, self.members[0].job.stop_after or train.epochs)
         slots = list(range(len(self.members)))  # the member of self.members in each slot of the stack
+        batches = self.batches
         for epoch in range(start, end):
             keep = [i for i, k in enumerate(slots) if self.members[k].result is None]
             if not keep:
                 return
             if len(keep) < len(slots):  # members that diverged or lost their lease leave the stack
-                stack = _narrowed(stack, keep)
+                stack = stack.subset(keep)
+                batches = StackedLoader([batches.loaders[i] for i in keep])
                 slots = [slots[i] for i in keep]
             alive = [self.members[k] for k in slots]
-            train_time = self._train_epoch(epoch, stack, alive)
-            for i, m in enumerate(alive):
-                if m.result is None:
-                    self._end_epoch(epoch, stack, i, m, data, train_time, epoch + 1 == end)
+            train_time = self._train_epoch(epoch, stack, alive, batches)
+            self._end_epoch(epoch, stack, alive, data, train_time, epoch + 1 == end)
         for m in self._alive():
             if end < train.epochs:
                 from bioscale.promote import paused
@@ -231,29 +221,29 @@ class _StackRun:
             else:
                 m.result = m.trainer.partial_result("done")
 
-    def _train_epoch(self, epoch: int, stack: Stack, alive: list[_Member]) -> float:
+    def _train_epoch(self, epoch: int, stack: Stack, alive: list[_Member], batches: StackedLoader) -> float:
         """One epoch's passes of every member; a member whose loss stops being finite is recorded as diverged at
-        the check its solo job would make. Returns the epoch's seconds."""
+        the check its solo job would make (it trains on, ignored, until the epoch ends). Returns the seconds."""
         stack.begin_epoch(epoch)
-        for m in alive:
-            m.loader.set_epoch(epoch)
-        steps = len(alive[0].loader)
+        batches.set_epoch(epoch)
+        steps = len(batches)
         every = max(1, steps // 20)
         device = alive[0].trainer.device
         loss_sum = torch.zeros(len(alive), device=device, dtype=torch.float64)
+        wrong = torch.zeros(len(alive), device=device, dtype=torch.long)
+        running = alive[0].job.spec.train.train_error == "running"
         seen = 0
         t0 = time.perf_counter()
         for phase in stack.phases(epoch):
             stack.begin_phase(phase)
-            for i, batches in enumerate(zip(*(m.loader for m in alive), strict=True)):
-                x = torch.stack([b[0] for b in batches])
-                y = torch.stack([b[1] for b in batches])
+            for i, (x, y) in enumerate(batches):
                 out = stack.step(x, y)
                 loss_sum += out.loss.double() * y.shape[1]
                 seen += y.shape[1]
+                if running:
+                    wrong += (out.logits.argmax(-1) != y).sum(1)
                 if (i + 1) % every == 0:  # the only host syncs inside the epoch, as a solo job's
-                    losses = out.loss.tolist()
-                    for m, loss in zip(alive, losses, strict=True):
+                    for m, loss in zip(alive, out.loss.tolist(), strict=True):
                         if m.result is not None:
                             continue
                         if not math.isfinite(loss):
@@ -263,8 +253,10 @@ class _StackRun:
         if device is not None and device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t0
-        for m, total in zip(alive, (loss_sum / max(seen, 1)).tolist(), strict=True):
-            m.extra["train_loss"] = total
+        losses = (loss_sum / max(seen, 1)).tolist()
+        errors = (100.0 * wrong.double() / max(seen, 1)).tolist()
+        for m, total, error in zip(alive, losses, errors, strict=True):
+            m.extra["train_loss"], m.extra["running_error"] = total, error if running else None
             if m.result is None and not math.isfinite(total):
                 self._diverged(m, f"training loss is {total} in epoch {epoch + 1}")
         return seconds
@@ -273,34 +265,50 @@ class _StackRun:
         m.result = m.trainer.partial_result("diverged")
         m.result.error = why
 
-    def _end_epoch(self, epoch: int, stack: Stack, i: int, m: _Member, data: Any, train_time: float,
+    def _end_epoch(self, epoch: int, stack: Stack, alive: list[_Member], data: Any, train_time: float,
                    last_of_run: bool) -> None:
-        """Member i's evaluation, diagnostics, metrics, checkpoint and progress, as its solo job's epoch ends."""
-        t, train = m.trainer, m.job.spec.train
-        model, rule = stack.member(i)
-        test, train_error, val = Evaluation(), None, Evaluation()
-        diagnostics: dict[str, float] = {}
-        with stack.rng.use(i):  # evaluation and diagnostics draw from the member's generators, as alone
-            if cadence.due(train.eval_every, epoch, train.epochs) or last_of_run:
-                test = t.task.evaluate(model, data.test, rule, None)
-                train_error = t.task.train_error(model, data, rule, None, None)
+        """Every member's evaluation (one pass of the stack over each shared set: ``bioscale.stack.evaluate``),
+        diagnostics (on its solo model and rule, with its own generators), metrics, checkpoint and progress."""
+        from bioscale.stack.evaluate import evaluate
+
+        train = alive[0].job.spec.train
+        none = [Evaluation()] * len(alive)
+        tests, trains, vals = none, none, none
+        if cadence.due(train.eval_every, epoch, train.epochs) or last_of_run:
+            tests = evaluate(stack, data.test)
+            if train.train_error == "eval":
+                trains = evaluate(stack, data.train_eval)
+            held = getattr(data, "validation", None)  # dataset.params.validation: what a search selects on
+            if held is not None:
+                vals = evaluate(stack, held)
+        for i, m in enumerate(alive):
+            if m.result is not None:
+                continue
+            t = m.trainer
+            diagnostics: dict[str, float] = {}
             if cadence.diagnostics_due(train, epoch):
-                x, y = cadence.diagnostics_slice(first_batch(data.train_eval), train.diagnostics_batch)
-                diagnostics = rule.diagnostics(x, y)
-        t.metrics.append(EpochMetrics(
-            epoch=epoch + 1, train_loss=m.extra["train_loss"], train_error=train_error, test_error=test.error,
-            test_loss=test.loss, top5_error=test.top5, epoch_time_s=train_time, lr=rule.current_lr(),
-            diagnostics=diagnostics, metrics=dict(test.metrics), val_error=val.error, val_loss=val.loss))
-        if m.claim.lost:  # another process took this job over: it writes nothing more
-            m.result = JobResult(job_id=m.job.job_id, grid=m.job.grid, status="running",
-                                 error="another process took this job over; this stack stopped writing it")
-            m.extra["lost"] = True
-            return
-        m.jdir.write_metrics(t.metrics)
-        t.log.epoch(t.metrics[-1])
-        if cadence.checkpoint_due(train, epoch) or (train.checkpoint and last_of_run):
-            t.write_checkpoint(stack.member_state(i), epoch + 1)
-        t.report(epoch + 1, len(m.loader), len(m.loader), m.extra["train_loss"], test.error, epoch_end=True)
+                _, rule = stack.member(i)  # its solo model and rule, holding its current state
+                with stack.rng.use(i):  # diagnostics draw from the member's generators, as alone
+                    x, y = cadence.diagnostics_slice(first_batch(data.train_eval), train.diagnostics_batch)
+                    diagnostics = rule.diagnostics(x, y)
+            test, val = tests[i], vals[i]
+            train_error = m.extra["running_error"] if train.train_error == "running" else trains[i].error
+            t.metrics.append(EpochMetrics(
+                epoch=epoch + 1, train_loss=m.extra["train_loss"], train_error=train_error,
+                test_error=test.error, test_loss=test.loss, top5_error=test.top5, epoch_time_s=train_time,
+                lr=stack.current_lr(i), diagnostics=diagnostics, metrics=dict(test.metrics), val_error=val.error,
+                val_loss=val.loss))
+            if m.claim.lost:  # another process took this job over: it writes nothing more
+                m.result = JobResult(job_id=m.job.job_id, grid=m.job.grid, status="running",
+                                     error="another process took this job over; this stack stopped writing it")
+                m.extra["lost"] = True
+                continue
+            m.jdir.write_metrics(t.metrics)
+            t.log.epoch(t.metrics[-1])
+            if cadence.checkpoint_due(train, epoch) or (train.checkpoint and last_of_run):
+                t.write_checkpoint(stack.member_state(i), epoch + 1)
+            t.report(epoch + 1, len(self.batches), len(self.batches), m.extra["train_loss"], test.error,
+                     epoch_end=True)
 
     # -- results -------------------------------------------------------------------------------------------
     def _record(self, m: _Member) -> JobResult:
@@ -330,13 +338,3 @@ class _StackRun:
         m.claim.note = f"{result.status}, {result.epochs} epochs (stack of {len(self.members)})"
         return result
 
-
-def _narrowed(stack: Stack, keep: list[int]) -> Stack:
-    """A stack of the members in slots ``keep`` of ``stack``, each in its current state."""
-    from bioscale.stack import Stack
-
-    states = [stack.member_state(i) for i in keep]
-    narrow = Stack([stack.members[i] for i in keep])
-    for i, state in enumerate(states):
-        narrow.load_member_state(i, state)
-    return narrow

@@ -71,6 +71,21 @@ def test_every_member_records_what_its_solo_run_records(tmp_path: Path, rule: st
         assert torch.equal(a["torch_rng"], b["torch_rng"])  # the member drew what its solo job drew
 
 
+def test_running_train_error_and_a_validation_split_as_alone(tmp_path: Path) -> None:
+    train = {**RAW["train"], "train_error": "running"}
+    dataset = {"name": "synthetic", "params": {**RAW["dataset"]["params"], "validation": 48}}
+    jobs = _jobs("fa", train=train, dataset=dataset)
+    solo, stacked = Store(tmp_path / "solo"), Store(tmp_path / "stack")
+    for job in jobs:
+        assert run_job(job, solo).status == "done"
+    assert [r.status for r in run_stack(jobs, stacked)] == ["done"] * len(jobs)
+    for job in jobs:
+        a, b = _rows(solo, job), _rows(stacked, job)
+        _close(a, b)
+        assert all(r["val_error"] is not None for r in b)
+        assert [r["val_error"] for r in b] == pytest.approx([r["val_error"] for r in a], abs=100 / 48 + 1e-9)
+
+
 def test_a_stopped_stack_resumes_in_a_stack_or_alone(tmp_path: Path) -> None:
     jobs = _jobs("fa")
     whole = Store(tmp_path / "whole")
@@ -112,7 +127,7 @@ def test_a_job_held_elsewhere_or_finished_is_left_out(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("change", "reason"), [
     ({"optim": {"name": "adam", "warmup": {"steps": 3}}}, "warmup"),
-    ({"train": {**RAW["train"], "train_error": "running"}}, "running"),
+    ({"train": {**RAW["train"], "distributed": {"nproc_per_node": 2}}}, "distributed"),
 ])
 def test_what_stacks_do_not_do_yet_is_said(change: dict, reason: str) -> None:
     raw = {**json.loads(json.dumps(RAW)), "rule": "fa", **change}
