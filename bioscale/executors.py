@@ -360,7 +360,7 @@ def _drain(events: Any, on_event: EventHandler) -> None:
 EXECUTOR_PARAMS: dict[str, set[str]] = {"inline": {"threads", "stack"},
                                         "local": {"workers", "threads", "jobs_per_gpu", "stack"},
                                         "slurm": {"cluster", "array_parallelism", "wait", "poll_s", "max_timeouts",
-                                                  "signal_delay_s", "python", "queued_timeout_h"}}
+                                                  "signal_delay_s", "python", "queued_timeout_h", "stack"}}
 """Each executor's name and the parameters it takes: the one list grid validation and the CLI check."""
 
 

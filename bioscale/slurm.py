@@ -40,7 +40,7 @@ from bioscale.claims import DEFAULT_TIMEOUT_S as DEFAULT_LEASE_TIMEOUT_S
 from bioscale.claims import process_alive
 from bioscale.errors import BioscaleError
 from bioscale.events import EventHandler, JobFinished, JobProgress, JobStarted, ignore
-from bioscale.executors import Executor
+from bioscale.executors import Executor, stack_units
 from bioscale.explain import explain
 from bioscale.interrupts import Interrupted
 from bioscale.job import Job
@@ -88,6 +88,9 @@ class SlurmParams(Strict):
     queued_timeout_h: PositiveFloat = 72.0
     """Where ``squeue`` cannot tell (or for cluster local, from another host), a submitted job counts as
     queued for this many hours; delete its ``submitted.json`` to submit it again sooner."""
+    stack: PositiveInt | None = None
+    """Jobs a task trains as one stacked model (``bioscale.stack_train``; ``--stack``). Default: 16 for tasks
+    with GPUs (``resources.gpus_per_job``), 1 (a job per task) for CPU tasks."""
 
 
 def params_problem(params: dict[str, Any]) -> str | None:
@@ -420,10 +423,11 @@ class SlurmExecutor(Executor):
                 continue
             array = ArraySubmission(self.cluster, group[0].resources, folder)
             self.submissions.append(array)
+            units = stack_units(fresh, store, self.params.stack, gpu=_gpus(fresh[0]) > 0)  # a task per unit
             if self.cluster == "local" and self.params.wait:
-                waves.append((executor, fresh, array))  # submitted while waiting, array_parallelism at a time
+                waves.append((executor, units, array))  # submitted while waiting, array_parallelism at a time
             else:
-                tracked += self._submit(executor, fresh, store, array)
+                tracked += self._submit(executor, units, store, array)
         if not self.submissions:
             with contextlib.suppress(OSError):
                 folder.rmdir()  # every job was already queued: no submitit folder needed
@@ -486,27 +490,32 @@ class SlurmExecutor(Executor):
             fresh.append(job)
         return fresh
 
-    def _submit(self, executor: Any, jobs: list[Job], store: Store, array: ArraySubmission) -> list[Tracked]:
-        """One array (Slurm) or one task per job (local, debug); then each job's record and log links."""
+    def _submit(self, executor: Any, units: list[list[Job]], store: Store, array: ArraySubmission
+                ) -> list[Tracked]:
+        """One array (Slurm) or one task per unit (local, debug), a unit being one job or one stack of jobs
+        (``stack``); then each job's record (its task's id) and log links."""
         from bioscale.catalog import plugins
         from bioscale.slurm_task import JobTask
 
         root = str(store.root.absolute())
+        jobs = [job for unit in units for job in unit]
         befores = [_result_bytes(store, job) for job in jobs]
         try:
             with executor.batch():
-                handles = [executor.submit(JobTask(), job, root, self.lease_timeout,
-                                           job.resources.cpus_per_task if job.resources else None,
-                                           tuple(plugins())) for job in jobs]
+                handles = [executor.submit(JobTask(), unit[0] if len(unit) == 1 else unit, root, self.lease_timeout,
+                                           unit[0].resources.cpus_per_task if unit[0].resources else None,
+                                           tuple(plugins())) for unit in units]
         except Exception as exc:
             for job in jobs:
                 end_submission(store.job_dir(job.grid, job.job_id).path, None, "submission failed")
             raise BioscaleError(f"submitting {len(jobs)} job(s) to cluster {self.cluster} failed: "
                                 f"{' '.join(str(exc).split())[:2000]}") from None
         tracked = []
-        for job, handle, before in zip(jobs, handles, befores, strict=True):
+        task_of = [handle for unit, handle in zip(units, handles, strict=True) for _ in unit]
+        for job, handle, before in zip(jobs, task_of, befores, strict=True):
             record = self._record(store, job, handle)
-            array.job_ids.append(record.job_id or "")
+            if record.job_id not in array.job_ids:
+                array.job_ids.append(record.job_id or "")
             tracked.append(Tracked(job, record, handle, before, _epochs_done(store, job)))
         return tracked
 
@@ -529,27 +538,30 @@ class SlurmExecutor(Executor):
 
     # -- waiting -------------------------------------------------------------------------------------------
     def _run_debug(self, tracked: list[Tracked], store: Store, on_event: EventHandler) -> list[JobResult]:
-        """submitit's debug executor runs each task in this process when its result is asked for."""
+        """submitit's debug executor runs each task in this process when its result is asked for (a stack's
+        task returns a result per member)."""
         results = []
-        for t in tracked:
-            on_event(JobStarted(t.job.job_id, t.job.label, t.job.spec.train.epochs))
-            result: JobResult = t.handle.result()
-            end_submission(store.job_dir(t.job.grid, t.job.job_id).path, t.record.job_id)
-            on_event(_finished(t.job, result))
-            results.append(result)
+        for handle, group in _by_task(tracked):
+            for t in group:
+                on_event(JobStarted(t.job.job_id, t.job.label, t.job.spec.train.epochs))
+            outcome = handle.result()
+            for t, result in zip(group, outcome if isinstance(outcome, list) else [outcome], strict=True):
+                end_submission(store.job_dir(t.job.grid, t.job.job_id).path, t.record.job_id)
+                on_event(_finished(t.job, result))
+                results.append(result)
         return results + [_queued_result(job, rec, "already queued, left alone") for job, rec in self.already_queued]
 
     def _wait(self, tracked: list[Tracked], waves: list[tuple[Any, list[Job], ArraySubmission]], store: Store,
               on_event: EventHandler) -> list[JobResult]:
         """Follow every job in the store (epochs as progress events) and the queue until each has ended;
         cluster local submits its waiting jobs as slots free up."""
-        todo = self._unsent = [(executor, job, array) for executor, jobs, array in waves for job in jobs]
+        todo = self._unsent = [(executor, unit, array) for executor, units, array in waves for unit in units]
         slots = self.params.array_parallelism or len(todo) or 1
         while True:
             running = [t for t in tracked if t.result is None]
-            while todo and len(running) < slots:
-                executor, job, array = todo.pop(0)
-                new = self._submit(executor, [job], store, array)
+            while todo and len({id(t.handle) for t in running}) < slots:  # tasks, a stack being one
+                executor, unit, array = todo.pop(0)
+                new = self._submit(executor, [unit], store, array)
                 tracked += new
                 running += new
             if not running and not todo:
@@ -614,7 +626,7 @@ class SlurmExecutor(Executor):
     def _stopped_message(self, exc: Interrupted, tracked: list[Tracked], waves: list[Any], store: Store) -> str:
         left = [t for t in tracked if t.result is None]
         ids = ", ".join(str(t.record.job_id) for t in left[:8]) + (", ..." if len(left) > 8 else "")
-        unsent = len(self._unsent)
+        unsent = sum(len(unit) for _, unit, _ in self._unsent)
         where = "in Slurm" if self.cluster == "slurm" else "on this machine (submitit's local tasks)"
         grid = tracked[0].job.grid if tracked else ""
         text = (f"stopped waiting ({exc.name}); nothing was cancelled: {len(left)} submitted job(s) go on {where}"
@@ -648,6 +660,14 @@ class SlurmExecutor(Executor):
             more = ", ..." if len(self.already_queued) > 8 else ""
             lines.append(f"{len(self.already_queued)} job(s) already queued or running, left alone: {ids}{more}")
         return lines
+
+
+def _by_task(tracked: list[Tracked]) -> list[tuple[Any, list[Tracked]]]:
+    """The tracked jobs grouped by the task that runs them (a stack's members share one), in order."""
+    groups: dict[int, tuple[Any, list[Tracked]]] = {}
+    for t in tracked:
+        groups.setdefault(id(t.handle), (t.handle, []))[1].append(t)
+    return list(groups.values())
 
 
 def _gpus(job: Job) -> int:

@@ -47,8 +47,12 @@ class JobTask(Checkpointable):
     for ``train.distributed.nproc_per_node`` > 1). It never raises for a job's failure (that is the job's
     result), so submitit's debug executor never drops into its post-mortem debugger."""
 
-    def __call__(self, job: Job, root: str, lease_timeout: float, threads: int | None = None,
-                 plugins: tuple[str, ...] = ()) -> JobResult:
+    def __call__(self, job: Job | list[Job], root: str, lease_timeout: float, threads: int | None = None,
+                 plugins: tuple[str, ...] = ()) -> JobResult | list[JobResult]:
+        """``job``: one job, or the jobs of one stack (trained as one model: ``bioscale.stack_train``), whose
+        results come back as a list."""
+        if isinstance(job, list):
+            return self._stack(job, root, lease_timeout, threads, plugins)
         budget = contextlib.ExitStack()
         try:
             from bioscale.catalog import load_plugins
@@ -76,6 +80,32 @@ class JobTask(Checkpointable):
                 raise SystemExit(exc.exit_code) from None  # SIGINT: stop, resumable, no traceback
             except Exception as exc:  # not the job's own failure (run_job records those): e.g. a locked store
                 return _record(job, root, lease_timeout, "failed", f"{type(exc).__name__}: {exc}")
+
+    def _stack(self, jobs: list[Job], root: str, lease_timeout: float, threads: int | None,
+               plugins: tuple[str, ...]) -> list[JobResult]:
+        """The jobs of one stack, in this task; stopping and requeueing as for one job, for each member."""
+        budget = contextlib.ExitStack()
+        try:
+            from bioscale.catalog import load_plugins
+            from bioscale.stack_train import run_stack
+
+            if plugins:
+                load_plugins(list(plugins))
+            budget.enter_context(cpu_threads.budget(cpu_threads.share(1, cpus_per_task=threads or _slurm_cpus())))
+        except Exception as exc:
+            return [_record(job, root, lease_timeout, "failed", f"the task could not start: {type(exc).__name__}: "
+                            f"{exc}") for job in jobs]
+        with budget, _stop_signals() as requeue:
+            try:
+                return run_stack(jobs, Store(root), None, lease_timeout)
+            except Interrupted as exc:  # every member is recorded as pending and released
+                if requeue is None:
+                    raise
+                if exc.signum == requeue.signum:
+                    _requeue(jobs, root, lease_timeout, requeue)  # exits (or raises if not requeued)
+                raise SystemExit(exc.exit_code) from None
+            except Exception as exc:
+                return [_record(job, root, lease_timeout, "failed", f"{type(exc).__name__}: {exc}") for job in jobs]
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         """The same call again: every finished epoch is in the store, so the requeued task resumes from it."""
@@ -123,25 +153,30 @@ def _stop_signals() -> Iterator[_Requeue | None]:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _requeue(job: Job, root: str, lease_timeout: float, requeue: _Requeue) -> None:
-    """Note the requeue in the job's result, then let submitit checkpoint, requeue and exit. If it does not
-    requeue (timed out too often, ``scontrol requeue`` failed), the job is recorded as failed, saying why."""
-    done = _epochs(job, root)
+def _requeue(jobs: Job | list[Job], root: str, lease_timeout: float, requeue: _Requeue) -> None:
+    """Note the requeue in each job's result (a stack's members all), then let submitit checkpoint, requeue and
+    exit. If it does not requeue (timed out too often, ``scontrol requeue`` failed), the jobs are recorded as
+    failed, saying why."""
+    jobs = jobs if isinstance(jobs, list) else [jobs]
     name = signal.Signals(requeue.signum).name
     if _task_rank() != 0:  # submitit requeues from task 0 only (the whole allocation); this task just stops
         requeue.handler(requeue.signum, None)
         return
-    saved = f"{done} of {job.spec.train.epochs} epochs ({cadence.saved_note(job.spec.train, done)})"
-    _record(job, root, lease_timeout, "pending",
-            f"stopped by {name} (Slurm preemption or time limit) after {saved}; submitit requeued it, and it "
-            f"resumes from epoch {cadence.last_saved(job.spec.train, done)}")
+    saved = {}
+    for job in jobs:
+        done = _epochs(job, root)
+        saved[job.job_id] = f"{done} of {job.spec.train.epochs} epochs ({cadence.saved_note(job.spec.train, done)})"
+        _record(job, root, lease_timeout, "pending",
+                f"stopped by {name} (Slurm preemption or time limit) after {saved[job.job_id]}; submitit requeued "
+                f"it, and it resumes from epoch {cadence.last_saved(job.spec.train, done)}")
     try:
         requeue.handler(requeue.signum, None)
     except Exception as exc:
-        _record(job, root, lease_timeout, "failed",
-                f"stopped by {name} after {saved} and not requeued: "
-                f"{exc}. Raise resources.time (--time) or the executor's max_timeouts, then run `bioscale run` "
-                "again: it resumes from the last finished epoch.")
+        for job in jobs:
+            _record(job, root, lease_timeout, "failed",
+                    f"stopped by {name} after {saved[job.job_id]} and not requeued: "
+                    f"{exc}. Raise resources.time (--time) or the executor's max_timeouts, then run `bioscale "
+                    "run` again: it resumes from the last finished epoch.")
         raise
 
 

@@ -162,7 +162,7 @@ def test_per_job_resources_make_one_array_each_and_queued_jobs_are_not_resubmitt
                               "account": "lab", "qos": "normal", "sbatch": {"constraint": "a100"}}
     tiny_grid["overrides"] = [{"where": {"rule.name": "fa"}, "set": {"resources.gpus_per_job": 2}}]
     grid, results = _grid(tmp_path, tiny_grid), tmp_path / "results"
-    executor = SlurmExecutor.from_params({"array_parallelism": 1})
+    executor = SlurmExecutor.from_params({"array_parallelism": 1, "stack": 1})  # a job per task
     summary = bioscale.run_grid(grid, results, executor=executor)
     assert summary.counts == {"pending": 4}
     scripts = _scripts(fake_slurm)
@@ -191,7 +191,7 @@ def test_per_job_resources_make_one_array_each_and_queued_jobs_are_not_resubmitt
 
     # squeue still lists them: a second run submits nothing; `status` shows them queued with their ids
     fake_slurm.queue.write_text("1001_0|PENDING\n1001_1|RUNNING\n1002_0|PENDING\n1002_1|REQUEUED\n")
-    again = SlurmExecutor.from_params({})
+    again = SlurmExecutor.from_params({"stack": 1})
     assert bioscale.run_grid(grid, results, executor=again).counts == {"pending": 4}
     assert len(_scripts(fake_slurm)) == 2 and len(again.already_queued) == 4 and not again.submissions
     rows = status_rows(store, "tiny")
@@ -202,7 +202,7 @@ def test_per_job_resources_make_one_array_each_and_queued_jobs_are_not_resubmitt
 
     # one array ended (gone from squeue): only its two jobs are submitted again, as one new array
     fake_slurm.queue.write_text("1002_0|PENDING\n1002_1|RUNNING\n1001_0|CANCELLED\n")
-    third = SlurmExecutor.from_params({})
+    third = SlurmExecutor.from_params({"stack": 1})
     bioscale.run_grid(grid, results, executor=third)
     assert sorted(_scripts(fake_slurm)) == [1001, 1002, 1003] and len(third.already_queued) == 2
     assert "#SBATCH --gpus-per-node=1" in _scripts(fake_slurm)[1003]
@@ -252,6 +252,41 @@ def test_debug_cluster_runs_in_process_like_inline(tmp_path: Path, tiny_grid: di
     for job in summary.jobs:
         mine = [type(e) for e in events if e.job_id == job.job_id]
         assert mine[0] is JobStarted and mine[-1] is JobFinished
+
+
+def test_a_task_trains_a_stack_and_every_member_records_its_submission(tmp_path: Path, tiny_grid: dict) -> None:
+    """``stack: 2``: bp's two seeds in one task, fa's in another; each member has the task's scheduler id, its
+    own result (naming its stack) and its own events, and computes what a solo run computes."""
+    tiny_grid["resources"] = {"cpus_per_task": 1}
+    grid = _grid(tmp_path, tiny_grid)
+    events: list = []
+    summary = bioscale.run_grid(grid, tmp_path / "debug", overrides=["train.epochs=2"], on_event=events.append,
+                                executor=SlurmExecutor.from_params({"cluster": "debug", "stack": 2}))
+    assert summary.counts == {"done": 4}
+    store = Store(tmp_path / "debug")
+    tasks: dict[str, set[str]] = {}
+    for result in summary.results:
+        record = read_submission(store.job_dir(result.grid, result.job_id).path)
+        tasks.setdefault(record.job_id, set()).add(result.job_id)
+        assert record.state == "ended" and result.provenance.scheduler.job_id == record.job_id
+        assert result.provenance.stack is not None and result.job_id in result.provenance.stack
+    assert sorted(len(v) for v in tasks.values()) == [2, 2]
+    assert {frozenset(v) for v in tasks.values()} == {frozenset(r.provenance.stack) for r in summary.results}
+    for job in summary.jobs:
+        mine = [type(e) for e in events if e.job_id == job.job_id]
+        assert mine[0] is JobStarted and mine[-1] is JobFinished
+    bioscale.run_grid(grid, tmp_path / "inline", overrides=["train.epochs=2", "train.device=cpu"])
+    for result in summary.results:
+        alone = Store(tmp_path / "inline").job_dir(result.grid, result.job_id).read_metrics()
+        stacked = store.job_dir(result.grid, result.job_id).read_metrics()
+        assert [m.test_error for m in stacked] == pytest.approx([m.test_error for m in alone], abs=1.0)
+        assert [m.train_loss for m in stacked] == pytest.approx([m.train_loss for m in alone], rel=1e-4)
+
+
+def test_stack_is_a_slurm_parameter_with_a_device_default(tmp_path: Path, tiny_grid: dict) -> None:
+    assert "stack" in EXECUTOR_PARAMS["slurm"] and SlurmParams().stack is None
+    with pytest.raises(BioscaleError, match="stack"):
+        SlurmExecutor.from_params({"cluster": "debug", "stack": 0})
 
 
 # -- local cluster: submitit's subprocesses ----------------------------------------------------------------
@@ -366,6 +401,39 @@ def test_preemption_signal_requeues_and_resumes_from_the_checkpoint(tmp_path: Pa
     assert inline.counts == {"done": 1}
     assert [(m.train_loss, m.train_error, m.test_error) for m in jdir.read_metrics()] == \
         [(m.train_loss, m.train_error, m.test_error) for m in reference]
+
+
+@pytest.mark.slow
+def test_a_preempted_stack_requeues_and_every_member_resumes(tmp_path: Path, tiny_grid: dict) -> None:
+    """SIGUSR2 to a task training a stack of 2: both members are recorded pending and released, submitit
+    requeues the task, and both resume from their checkpoints to the numbers of an uninterrupted stack."""
+    from bioscale.executors import InlineExecutor
+
+    tiny_grid["axes"] = {"seed": [0, 1]}
+    tiny_grid["base"]["train"]["epochs"] = 10
+    tiny_grid["base"]["dataset"]["params"]["train_size"] = 4096
+    tiny_grid["base"]["arch"]["params"]["hidden"] = [256, 256]
+    tiny_grid["resources"] = {"cpus_per_task": 1}
+    grid, results = _grid(tmp_path, tiny_grid), tmp_path / "results"
+    summary = bioscale.run_grid(grid, results, executor=SlurmExecutor.from_params({"cluster": "local", "stack": 2}))
+    jdirs = [Store(results).job_dir(job.grid, job.job_id) for job in summary.jobs]
+    _wait_for(lambda: all(len(j.read_metrics()) >= 1 for j in jdirs) and read_lease(jdirs[0].path) is not None,
+              what="the first epoch")
+    task_pid = read_lease(jdirs[0].path).pid
+    assert read_lease(jdirs[1].path).pid == task_pid  # one task holds both members
+    os.kill(task_pid, signal.SIGUSR2)
+    _wait_for(lambda: all(j.status() == "done" for j in jdirs), what="the requeued stack to finish")
+    for jdir in jdirs:
+        claims = _claims(jdir.path)
+        assert [c["event"] for c in claims] == ["claimed", "released"] * 3, claims
+        assert claims[3]["note"].startswith("stopped by SIGUSR2 (Slurm preemption or time limit)")
+        assert claims[0]["pid"] == task_pid != claims[4]["pid"]
+        assert claims[5]["note"] == "done, 10 epochs (stack of 2)"
+    InlineExecutor(stack=2).run(summary.jobs, Store(tmp_path / "whole"))  # the same stack, never interrupted
+    for job, jdir in zip(summary.jobs, jdirs, strict=True):
+        reference = Store(tmp_path / "whole").job_dir(job.grid, job.job_id).read_metrics()
+        assert [(m.train_loss, m.train_error, m.test_error) for m in jdir.read_metrics()] == \
+            [(m.train_loss, m.train_error, m.test_error) for m in reference]
 
 
 def test_a_job_not_requeued_is_recorded_failed_saying_why(tmp_path: Path, tiny_grid: dict) -> None:
