@@ -20,15 +20,16 @@ JOB_COLUMNS = [
     "test_error", "top5_error", "final_test_error", "best_epoch", "epoch_time_s", "wall_time_s",
     "paper_train_error", "paper_test_error", "paper_top5_error", "delta", "paper_dataset", "paper_source",
     "paper_note", "second_test_error", "second_source", "setting", "error", "planned_epochs", "paper_setup",
-    "ap", "ap50", "ap75",
+    "ap", "ap50", "ap75", "stack",
 ]
 """One row per job (``bioscale report --format csv/json``). design.md's columns are a stable interface: new
 columns go at the end, none is dropped or renamed. ``ap``/``ap50``/``ap75``: a detection job's COCO AP in % at
-its best epoch (the highest AP; ``bioscale.tasks``)."""
+its best epoch (the highest AP; ``bioscale.tasks``). ``stack``: how many jobs it trained with as one stacked
+model (``--stack``; 1: alone), whose shared epoch and wall times its ``epoch_time_s``/``wall_time_s`` are."""
 DETECTION_METRICS = ("ap", "ap50", "ap75")
 # Columns that name a job's cell; everything else that varies within a grid goes into `setting`.
 CELL_KEYS = {"rule.name", "rule.params.schedule", "arch.name", "dataset.name", "seed"}
-INTEGERS = ("seed", "epochs", "best_epoch", "planned_epochs")
+INTEGERS = ("seed", "epochs", "best_epoch", "planned_epochs", "stack")
 FINISHED = ("done", "diverged")
 """Statuses whose numbers are final: the only ones in means, unless ``include_running``."""
 PARTIAL = ("running", "pending")
@@ -128,6 +129,8 @@ def _record(row: dict[str, Any], flat: dict[str, Any], varying: dict[str, list[s
                    epoch_time_s=summary.epoch_time_s, **{k: summary.metrics.get(k) for k in DETECTION_METRICS})
     if result is not None:
         rec["wall_time_s"] = result.wall_time_s
+        stack = result.provenance.stack if result.provenance is not None else None
+        rec["stack"] = len(stack) if stack else 1
         rec["error"] = (result.error or "").strip().splitlines()[0] if result.error else None
     if row.get("problems"):
         rec["error"] = f"damaged store: {'; '.join(row['problems'])} (running the grid again repairs it)"

@@ -67,3 +67,21 @@ def test_numbers_carry_no_float_noise(tmp_path: Path) -> None:
     row = load_frame(store).iloc[0]
     assert 9.3 - 2.86 != 6.44 and row.delta == 6.44 and row.train_error == 0.3
     assert row.planned_epochs == 1 and row.best_epoch == 1
+
+
+def test_stack_column_says_how_many_jobs_trained_together(fixed_store: Store) -> None:
+    """1 for a job that trained alone; a stacked job's size comes from ``provenance.stack`` (its epoch and wall
+    times are the stack's); a job without a result has none."""
+    from bioscale.provenance import collect
+
+    frame = load_frame(fixed_store)
+    recorded = frame[frame["wall_time_s"].notna()]
+    assert set(recorded["stack"]) == {1}
+    grid, job_id = recorded.iloc[0][["grid", "job_id"]]
+    jdir = fixed_store.job_dir(grid, job_id)
+    result = jdir.read_result()
+    assert result is not None
+    stacked = collect().model_copy(update={"stack": [job_id, "x", "y"]})
+    jdir.write_result(result.model_copy(update={"provenance": stacked}))
+    again = load_frame(fixed_store).set_index("job_id")
+    assert again.loc[job_id, "stack"] == 3
