@@ -182,3 +182,24 @@ def test_preflight_refuses_compile_without_a_compiler(tmp_path: Path, monkeypatc
     assert "needs a C++ compiler" in problems[0].message and "train.compile=false" in problems[0].message
     monkeypatch.setattr(accel.shutil, "which", lambda name: "/usr/bin/" + name)
     assert find_problems(jobs, tmp_path / "results") == []
+
+
+def test_random_draws_do_not_depend_on_the_memory_layout() -> None:
+    """The target rules' noise and brSF's redrawn magnitudes: the same values at each position for an NHWC
+    tensor as for a plain one (an in-place or ``*_like`` draw fills memory order, so NHWC would permute them)."""
+    from bioscale.layers.feedback import draw_feedback_
+    from bioscale.rules import build_rule
+
+    plain = torch.empty(4, 3, 5, 5)
+    nhwc = plain.contiguous(memory_format=torch.channels_last)
+    rule = build_rule(_spec(FC, "dtp"))
+    for draw in (rule.noise_like, lambda t: draw_feedback_(t, "xavier", "uniform")):
+        torch.manual_seed(7)
+        a = draw(plain.clone())
+        torch.manual_seed(7)
+        b = draw(nhwc.clone())
+        assert torch.equal(a, b)
+    torch.manual_seed(7)
+    expected = torch.randn_like(plain)
+    torch.manual_seed(7)
+    assert torch.equal(rule.noise_like(plain), expected)  # plain tensors: the numbers of before, ids' results kept
