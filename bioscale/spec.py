@@ -58,10 +58,15 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 def _compile_mode(value: Any) -> Any:
     """``true`` (the field was a bool) is ``default``; ``none``/``off`` is false."""
     word = value.strip().lower() if isinstance(value, str) else value
+    if type(word) is int and word in (0, 1):  # a bool written as a number, as the old field took it
+        word = bool(word)
     if word is True or word in ("true", "on", "yes"):
         return "default"
     if word is None or word in ("false", "off", "none", "no"):
         return False
+    if word is not False and word not in COMPILE_MODES:
+        raise ValueError("train.compile is false, default, reduce-overhead (also CUDA graphs) or max-autotune "
+                         "(true means default)")
     return word
 
 
