@@ -203,3 +203,24 @@ def test_random_draws_do_not_depend_on_the_memory_layout() -> None:
     expected = torch.randn_like(plain)
     torch.manual_seed(7)
     assert torch.equal(rule.noise_like(plain), expected)  # plain tensors: the numbers of before, ids' results kept
+
+
+def test_cuda_graphs_get_a_step_mark_before_every_training_step(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """reduce-overhead on CUDA: ``cudagraph_mark_step_begin`` before each step (the trainer's wiring, checked
+    on the CPU with the mark replaced by a counter); nothing for other modes or devices."""
+    cuda = torch.device("cuda")
+    assert accel.step_marker("reduce-overhead", cuda) is torch.compiler.cudagraph_mark_step_begin
+    assert accel.step_marker("default", cuda) is None
+    assert accel.step_marker("reduce-overhead", torch.device("cpu")) is None
+    marks: list[int] = []
+    monkeypatch.setattr(accel, "step_marker", lambda mode, device: lambda: marks.append(len(steps)))
+    steps: list[int] = []
+    spec = _spec(FC, "bp")
+    job = Job("accel", spec, "test")
+    trainer = Trainer(job, Store(tmp_path).job_dir("accel", job.job_id))
+    data, model, rule = trainer.build()
+    step = rule.train_step
+    monkeypatch.setattr(rule, "train_step", lambda x, y: (steps.append(1), step(x, y))[1])
+    trainer.train_epoch(0, data, model, rule)
+    assert marks == [0, 1, 2] and len(steps) == 3  # each mark comes right before its step
