@@ -462,6 +462,10 @@ def markdown(report: dict) -> str:
                   "| --- | --- | --- | --- | --- | --- |"]
         lines += [f"| {c['label']} | {ms(c['step_ms'])} | {c['eval_ms']} | {c['epoch_s']} | {c['cell_hours']} | "
                   f"{c['peak_gib']} |" for c in cells]
+    found = [] if report["smoke"] else goals(r)
+    if found:
+        lines += ["", "## Goals (issue 13)", "", "| goal | met | measured |", "| --- | --- | --- |"]
+        lines += [f"| {name} | {'yes' if ok else 'no'} | {value} |" for name, ok, value in found]
     lines += ["", "## Sections", "", "| section | status | seconds | numbers |", "| --- | --- | --- | --- |"]
     for name, entry in r.items():
         numbers = {k: v for k, v in entry.items() if k not in ("status", "seconds", "traceback", "cells")}
@@ -469,7 +473,7 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def summary(r: dict) -> list[str]:
+def summary(r: dict, smoke: bool) -> list[str]:
     """The headline numbers, one line each, for the terminal."""
     out = []
     for c in (r.get("table1", {}).get("cells") or []):
@@ -493,6 +497,24 @@ def summary(r: dict) -> list[str]:
         if proj.get(f"jobs_per_gpu_{k}"):
             out.append(f"table1 projected wall time, {k} job(s) per GPU: {proj[f'jobs_per_gpu_{k}']['hours']} h")
     out.append(r.get("stacked", {}).get("result", "stacked runs: not in this version"))
+    if smoke:
+        out.append("goals: not judged with --smoke (tiny nets on the CPU)")
+    else:
+        out += [f"goal {name}: {'met' if ok else 'NOT met'} ({value})" for name, ok, value in goals(r)]
+    return out
+
+
+def goals(r: dict) -> list[tuple[str, bool, Any]]:
+    """Issue 13's goals that this version measures: (goal, met?, the number)."""
+    out = []
+    for rule, ratio in r.get("resnet18", {}).get("ratio_to_bp", {}).items():
+        out.append((f"ResNet-18 {rule} >= 0.95x bp's images/s", ratio >= 0.95, ratio))
+    lc = r.get("imagenet_lc", {}).get("bp") or {}
+    if lc.get("fits_16gb") is not None:
+        out.append(("ImageNet LC net at batch 128 within 16 GB", bool(lc["fits_16gb"]), lc.get("peak_gib")))
+    best = r.get("projection", {}).get("best_hours")
+    if best is not None:
+        out.append(("table1 in at most 3 hours on this GPU", best <= 3.0, f"{best} h"))
     return out
 
 
@@ -534,7 +556,7 @@ def main() -> int:
         for name in ("suite.json", "suite.md"):
             shutil.copy(out / name, Path(os.environ["OUT"]) / name)
     print()
-    for line in summary(s.results):
+    for line in summary(s.results, args.smoke):
         print(line)
     failed = [k for k, v in s.results.items() if v["status"] == "failed"]
     print(f"\n{out / 'suite.md'}: {len(s.results) - len(failed)} of {len(s.results)} sections ok or skipped"
