@@ -24,6 +24,26 @@ def test_longest_first_schedule() -> None:
     assert schedule([5.0, 1.0], 4) == 5.0  # the longest job bounds it
 
 
+def test_projection_stretches_cells_by_the_packing_factor_and_judges_the_goals() -> None:
+    """Two FC cells of 2 h and one LC cell of 3 h: one slot takes 7 h; four slots where 4 FC jobs together run
+    3.2x as fast as one (each at 4/3.2 = 1.25x its solo time) and LC jobs 2x (each 2x): max(2.5, 2.5, 6)."""
+    from types import SimpleNamespace
+
+    from gpu_suite import goals, run_projection
+
+    cells = [{"arch": "fc", "cell_hours": 2.0}, {"arch": "fc", "cell_hours": 2.0}, {"arch": "lc", "cell_hours": 3.0}]
+    results = {"table1": {"cells": cells}, "packing": {"slots": [1, 4], "fc": {"speedup": {1: 1.0, 4: 3.2}},
+                                                        "lc": {"speedup": {1: 1.0, 4: 2.0}}}}
+    projection = run_projection(SimpleNamespace(results=results))  # type: ignore[arg-type]
+    assert projection["jobs_per_gpu_1"]["hours"] == 7.0 and projection["jobs_per_gpu_4"]["hours"] == 6.0
+    assert projection["best_hours"] == 6.0 and projection["stacked"] == "not in this version"
+    results["projection"] = projection
+    results["resnet18"] = {"ratio_to_bp": {"ss": 0.97, "fa": 0.9}}
+    results["imagenet_lc"] = {"bp": {"peak_gib": 20.1, "fits_16gb": False}}
+    assert [(name.split()[1], ok) for name, ok, _ in goals(results)] == [
+        ("ss", True), ("fa", False), ("LC", False), ("in", False)]
+
+
 @pytest.mark.slow
 def test_gpu_suite_smoke_runs_on_the_cpu(tmp_path: Path) -> None:
     out = tmp_path / "gpu"
