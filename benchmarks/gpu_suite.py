@@ -30,6 +30,7 @@ CUDA (peak memory, CUDA graphs) saying so; a test runs it. Results: ``results/gp
 from __future__ import annotations
 
 import argparse
+import gc
 import heapq
 import json
 import math
@@ -114,8 +115,11 @@ def timed(step: Callable[[], Any], device: Any, warmup: int, max_steps: int, max
 
 
 def peak_reset(device: Any) -> None:
+    """Free what the previous measurement left (its model and optimiser may sit in reference cycles until a
+    collection) and start the peak count afresh, so a peak is this measurement's alone."""
     import torch
 
+    gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
