@@ -162,9 +162,9 @@ class TrainSpec(Strict):
     amp: bool | Literal["bf16"] = False
     """Mixed precision: bfloat16 autocast of the forward pass (losses, softmax and the optimiser stay float32;
     ``bioscale.accel``). ``true``: on CUDA only, float32 on any other device (a grid that sets it also runs
-    unchanged on a laptop); ``bf16``: on whatever device the job runs, the CPU included (slow on most CPUs: for
-    checking the numbers off the GPU). Part of the job id: bfloat16 changes the numbers (``true`` and ``bf16``
-    are different ids, even on CUDA where they compute the same)."""
+    unchanged on a laptop); ``bf16``: on whatever device the job runs, the CPU included (for checking the numbers
+    off the GPU; its speed there depends on the CPU's bf16 support). Part of the job id: bfloat16 changes the
+    numbers (``true`` and ``bf16`` are different ids, even on CUDA where they compute the same)."""
     channels_last: bool = False
     """The model's 4-d weights and the 4-d input batches in channels_last (NHWC) memory format, the layout
     tensor cores and cuDNN's fastest conv kernels use (conv nets and torchvision nets on a GPU; nothing for
