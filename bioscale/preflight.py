@@ -63,7 +63,7 @@ def find_problems(todo: Sequence[Job], results_dir: Path, *, all_jobs: Sequence[
     the run records every job's spec, finished or not)."""
     found: dict[str, list[Job]] = {}
     checks: list[Iterable[tuple[str, list[Job]]]] = [_dataset_problems(todo), _node_problems(todo, multi_node),
-                                                     _logging_problems(todo)]
+                                                     _logging_problems(todo), _compile_problems(todo)]
     if devices:
         checks.append(_device_problems(todo))
     for check in checks:
@@ -133,6 +133,21 @@ def _logging_problems(jobs: Sequence[Job]) -> Iterable[tuple[str, list[Job]]]:
             groups.setdefault(name, []).append(job)
     for name, group in groups.items():
         message = missing_package(name)
+        if message:
+            yield message, group
+
+
+def _compile_problems(jobs: Sequence[Job]) -> Iterable[tuple[str, list[Job]]]:
+    """``train.compile`` without the compiler torch.compile needs on this machine (``bioscale.accel``): found
+    before any job starts rather than as the same failure in every job's result. Torch-free."""
+    from bioscale.accel import compiler_problem
+
+    groups: dict[tuple[str, str], list[Job]] = {}
+    for job in jobs:
+        if job.spec.train.compile:
+            groups.setdefault((str(job.spec.train.compile), job.spec.train.device), []).append(job)
+    for (mode, device), group in groups.items():
+        message = compiler_problem(mode, device)
         if message:
             yield message, group
 

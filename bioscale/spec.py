@@ -51,6 +51,25 @@ def _check_device(device: str) -> str:
     return device
 
 
+CompileMode = Literal[False, "default", "reduce-overhead", "max-autotune"]
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+
+
+def _compile_mode(value: Any) -> Any:
+    """``true`` (the field was a bool) is ``default``; ``none``/``off`` is false."""
+    word = value.strip().lower() if isinstance(value, str) else value
+    if type(word) is int and word in (0, 1):  # a bool written as a number, as the old field took it
+        word = bool(word)
+    if word is True or word in ("true", "on", "yes"):
+        return "default"
+    if word is None or word in ("false", "off", "none", "no"):
+        return False
+    if word is not False and word not in COMPILE_MODES:
+        raise ValueError("train.compile is false, default, reduce-overhead (also CUDA graphs) or max-autotune "
+                         "(true means default)")
+    return word
+
+
 Seed = Annotated[int, AfterValidator(_check_seed)]
 Device = Annotated[str, AfterValidator(_check_device)]
 
@@ -168,9 +187,24 @@ class TrainSpec(Strict):
     train_error: Literal["eval", "running"] = "eval"
     """``eval``: a clean pass over the training set each epoch; ``running``: errors seen while training."""
     device: Device = "auto"
-    amp: bool = False
-    """bfloat16 autocast on CUDA; ignored on the CPU."""
-    compile: bool = False
+    amp: bool | Literal["bf16"] = False
+    """Mixed precision: bfloat16 autocast of the forward pass (losses, softmax and the optimiser stay float32;
+    ``bioscale.accel``). ``true``: on CUDA only, float32 on any other device (a grid that sets it also runs
+    unchanged on a laptop); ``bf16``: on whatever device the job runs, the CPU included (for checking the numbers
+    off the GPU; its speed there depends on the CPU's bf16 support). Part of the job id: bfloat16 changes the
+    numbers (``true`` and ``bf16`` are different ids, even on CUDA where they compute the same)."""
+    channels_last: bool = False
+    """The model's 4-d weights and the 4-d input batches in channels_last (NHWC) memory format, the layout
+    tensor cores and cuDNN's fastest conv kernels use (conv nets and torchvision nets on a GPU; nothing for
+    FC nets). Same numbers within float rounding: run-time, not part of the job id (``RUNTIME_FIELDS``)."""
+    compile: Annotated[CompileMode, BeforeValidator(_compile_mode)] = False
+    """``torch.compile`` of the model's forward (and so its backward): ``false``, ``default``,
+    ``reduce-overhead`` (also CUDA graphs: the fixed per-step cost of many small kernels goes away) or
+    ``max-autotune`` (slow to compile, searches kernels); ``true`` means ``default``. Needs a C/C++ compiler
+    (preflight checks). Rules whose step does not call the model whole (dfa and the target rules call its
+    layers one at a time) run eager, with a note in the result's ``rule_setup`` (``bioscale.accel``). Same
+    numbers within float rounding: run-time, not part of the job id (an id hashes ``false``, so a job run with
+    ``compile: true`` before this was a run-time field has the id of the same job without it)."""
     checkpoint: bool = True
     eval_every: PositiveInt = added(1)
     """Epochs between evaluations (test error, and the train error when ``train_error`` is ``eval``); the last
@@ -202,14 +236,14 @@ class TrainSpec(Strict):
 # computes belongs in the id instead: add it with `bioscale.ids.added(...)` so existing ids stay valid.
 RUNTIME_FIELDS: dict[str, set[str]] = {
     "train": {"device", "eval_batch_size", "num_workers", "checkpoint", "checkpoint_every", "diagnostics_every",
-              "diagnostics_batch"},
+              "diagnostics_batch", "channels_last", "compile"},
     # the optimiser's implementation rounds differently but computes the same update, as a device or a
     # thread count does (both run-time): results keep their ids across the switch to fused optimisers
     "optim": {"impl"}, "inverse_optim": {"impl"},
 }
 # Run-time fields that were hashed when ids were frozen (``id_fields_v1.json``): the id hashes the value
 # every job had then, so moving them out of the id moves no id.
-ID_PINNED: dict[str, dict[str, Any]] = {"train": {"diagnostics_every": 1}}
+ID_PINNED: dict[str, dict[str, Any]] = {"train": {"diagnostics_every": 1, "compile": False}}
 
 
 class JobSpec(Strict):

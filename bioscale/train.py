@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bioscale import cadence, claims, distributed, tasks, threads
+from bioscale import accel, cadence, claims, distributed, tasks, threads
 from bioscale.checkpoint import CheckpointError, UnsafeCheckpoint, load_checkpoint
 from bioscale.data import LoaderSettings, load_data
 from bioscale.data.base import DataBundle
@@ -234,6 +234,8 @@ class Trainer:
         """torch's CPU threads for this job (``bioscale.threads``)."""
         self.task = tasks.scoring(job.spec.dataset.name)
         """How a batch becomes a loss and how the job is scored (the dataset's record names it)."""
+        self.step_begin: Callable[[], None] | None = None
+        """Called before each training step: CUDA graphs' new-iteration mark (``bioscale.accel.step_marker``)."""
 
     def wall_time(self) -> float:
         """Seconds spent on this job, over every run that resumed it."""
@@ -262,12 +264,14 @@ class Trainer:
             model = distributed.convert_sync_batchnorm(model)
         self.rule_setup = rule.describe()
         model.to(self.device)
+        if spec.train.channels_last:  # before the optimisers: their state takes the parameters' layout
+            accel.channels_last(model)
         rule.setup(self.device, spec.train.amp)
         if group is not None:  # every rank drew the same matrices from the same seed: checked, not assumed
             distributed.GradientSync(group, rule).attach()
             distributed.check_replicas(group, model, rule, "after building the model")
-        if spec.train.compile:
-            rule.model = torch.compile(model)
+        self.rule_setup = accel.describe(self.rule_setup, accel.apply(model, rule, spec.train, self.device))
+        self.step_begin = accel.step_marker(spec.train.compile, self.device)
         return data, model, rule
 
     # -- the loop ----------------------------------------------------------------------------------------
@@ -343,6 +347,8 @@ class Trainer:
         wrong = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
         running = self.spec.train.train_error == "running"  # else the argmax per step is wasted work
+        nhwc = self.spec.train.channels_last
+        step_begin = self.step_begin
         has_logits = True
         t0 = time.perf_counter()
         phases = rule.phases(epoch)
@@ -356,6 +362,10 @@ class Trainer:
                     distributed.set_step_shard(rule, shard)
                 if warm:
                     rule.begin_step(epoch, first + i)
+                if nhwc:
+                    x = accel.nhwc(x)
+                if step_begin is not None:
+                    step_begin()
                 out = rule.train_step(x, y)
                 counts = shard is None or shard.counts  # a batch every rank holds whole counts once
                 if out.logits is None:

@@ -81,8 +81,12 @@ def check_dist(init: FeedbackInit, dist: FeedbackDist) -> None:
 
 
 def draw_feedback_(out: Tensor, init: FeedbackInit, dist: FeedbackDist = "normal") -> Tensor:
-    """Fill ``out`` in place with a random B for a weight of its shape, from the global torch RNG."""
+    """Fill ``out`` in place with a random B for a weight of its shape, from the global torch RNG. Drawn in
+    logical order whatever ``out``'s memory layout (an in-place draw fills memory order: a channels_last B,
+    ``train.channels_last``, would get other values at each position than a plain run's)."""
     check_dist(init, dist)
+    if not out.is_contiguous():
+        return out.copy_(draw_feedback(out, init, dist))
     scale = feedback_scale(out.shape, init)
     with torch.no_grad():
         if init == "xiao" and len(out.shape) == 2:
@@ -148,8 +152,8 @@ class _SignBase(nn.Module):
     def for_step(self, weight: Tensor) -> Tensor:
         if self.workspace is None or self.workspace.shape != weight.shape or self.workspace.dtype != weight.dtype:
             return self(weight)
-        if torch.compiler.is_compiling():  # a traced graph recomputes B each call; no host-side bookkeeping
-            return self._apply_sign(torch.sign(weight.detach(), out=self.workspace))
+        if torch.compiler.is_compiling():  # a traced graph recomputes B each call, as a fresh value: writing
+            return self(weight)  # into the workspace would be a buffer mutation, which stops CUDA graphs
         # an optimiser step changes W: a fused one without bumping W's version, hence the step count
         key = (optim.steps(), weight.data_ptr(), weight._version,
                *(b._version for n, b in self.named_buffers(recurse=False) if n != "workspace"))

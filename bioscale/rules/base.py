@@ -6,7 +6,7 @@ import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel
 
@@ -25,6 +25,7 @@ torch = lazy("torch")
 nn = lazy("torch.nn")
 models_base = lazy("bioscale.models.base")
 optimisers = lazy("bioscale.optim")
+accel = lazy("bioscale.accel")
 tasks = lazy("bioscale.tasks")
 
 
@@ -44,6 +45,12 @@ class StepOutput:
 
 
 class Rule(ABC):
+    compiles_model: ClassVar[bool] = False
+    """True when ``train_step`` calls ``self.model`` whole (forward, loss, backward), so ``train.compile`` can
+    replace it by a compiled module (``bioscale.accel``). A rule that calls the model's layers one at a time
+    leaves it False and says why in ``eager_reason``."""
+    eager_reason: ClassVar[str] = "the rule's step does not call the model as a whole"
+
     def __init__(self, params: BaseModel, optim: OptimSpec, inverse_optim: OptimSpec | None = None) -> None:
         self.params = params
         self.optim = optim
@@ -65,10 +72,11 @@ class Rule(ABC):
     def prepare(self, model: nn.Module) -> nn.Module:
         """Adapt ``model`` to the rule (swap layers, attach inverses); return the model to train."""
 
-    def setup(self, device: torch.device, amp: bool = False) -> None:
-        """Called once the model is on ``device``: build the optimisers."""
+    def setup(self, device: torch.device, amp: bool | str = False) -> None:
+        """Called once the model is on ``device``: build the optimisers. ``amp``: ``train.amp`` (``true``: bf16
+        autocast on CUDA only; ``bf16``: on any device, ``bioscale.accel.autocast_enabled``)."""
         self.device = torch.device(device)
-        self.amp = amp and self.device.type == "cuda"
+        self.amp = accel.autocast_enabled(amp, self.device)
         self.optimizers = self.build_optimizers()
 
     def build_optimizers(self) -> dict[str, Optimizer]:
@@ -107,10 +115,12 @@ class Rule(ABC):
         """Standard normal noise shaped like the batch ``t``, from the global torch RNG. In a distributed job,
         this rank's rows of the noise a single process draws for the whole global batch: every rank draws the
         global batch's noise (keeping the RNG streams of all ranks equal) and keeps its rows, so per-example
-        noise is exactly the single process's."""
+        noise is exactly the single process's. Drawn in the logical (contiguous) order whatever ``t``'s memory
+        layout, so a channels_last run (``train.channels_last``) draws the same noise per unit as a plain one
+        (``randn_like`` would fill a channels_last tensor in memory order: other noise at each position)."""
         shard = self.shard
         if shard is None:
-            return torch.randn_like(t)
+            return torch.randn(t.shape, dtype=t.dtype, device=t.device)
         full = torch.randn((shard.total, *t.shape[1:]), dtype=t.dtype, device=t.device)
         return full[shard.rows]
 
@@ -169,6 +179,8 @@ class Rule(ABC):
 
 class BackwardRule(Rule):
     """Rules that only change what flows backward: forward, loss, backward, step."""
+
+    compiles_model: ClassVar[bool] = True
 
     def prepare(self, model: nn.Module) -> nn.Module:
         self.model = self.convert(model)

@@ -19,7 +19,7 @@ layer (``output_module``) as plain backprop. The scale and draw options are desc
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -277,6 +277,9 @@ class DFA(_AlignmentRule):
     ``prepare`` like a linear layer's feedback matrix from numel(h_l) inputs to ``classes`` outputs.
     """
 
+    compiles_model: ClassVar[bool] = False
+    eager_reason: ClassVar[str] = ("dfa runs each layer on its own, with its input detached and one backward "
+                                   "seeded per layer, not the model whole")
     _net: LayeredNet
     _layers: dict[str, nn.Module]
 

@@ -95,6 +95,9 @@ class TargetRule(Rule):
     set, then the forward weights for one full pass (``phases``), as the original DTP code does.
     """
 
+    compiles_model: ClassVar[bool] = False
+    eager_reason: ClassVar[str] = ("target rules call the net's layers and inverses one at a time and step two "
+                                   "optimisers, not the model whole")
     noise_preserving: ClassVar[bool] = False
     """True: minimise ||g(f(h+ε)) - (h+ε)||² (DTP); False: denoise, ||g(f(h+ε)) - h||² (SDTP, AO-SDTP)."""
 
