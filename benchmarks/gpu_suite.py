@@ -18,8 +18,8 @@ On one GPU, sized by a time budget (``--budget``, default 420 s; an H200 should 
 6. ``projection``: the wall time of grids/table1.yaml on this GPU: each cell's epoch time x 500 epochs,
    stretched by the measured packing factor and scheduled longest-first onto k slots, for k = 1 and 4
    (--smoke: 1 and 2).
-7. ``stacked``: stacked runs (M = 64 members as one model) are not in this version: ``stacked_vs_solo`` is
-   the place for them; the report says so instead of a number.
+7. ``stacked``: stacked runs (``bioscale.stack``): M = 64 MNIST FC jobs (bp, fa, dtp) as one stacked model
+   against M solo runs of the same jobs; the throughput gain (--smoke: M = 4).
 
 ``--smoke`` runs the same code on the CPU with tiny nets and inputs, a few steps each, and skips what needs
 CUDA (peak memory, CUDA graphs) saying so; a test runs it. Results: ``results/gpu/<UTC time>/suite.json``
@@ -406,7 +406,9 @@ def run_projection(s: Suite) -> dict:
     if not cells:
         raise RuntimeError("no table1 cells were measured")
     packing = s.results.get("packing", {})
-    out: dict[str, Any] = {"epochs": EPOCHS, "cells": len(cells), "stacked": "not in this version"}
+    # table1 has one job per cell (one seed, its own hyperparameters): nothing for stacks to share there; they
+    # pay off for seeds and searches (``stacked``)
+    out: dict[str, Any] = {"epochs": EPOCHS, "cells": len(cells), "stacked": "table1 has no stackable jobs"}
     for k in packing.get("slots") or [1]:
         hours = []
         for c in cells:
@@ -428,10 +430,41 @@ def run_projection(s: Suite) -> dict:
 
 
 def stacked_vs_solo(s: Suite, members: int = 64) -> dict:
-    """Stacked runs (issue 13, point 1): M = ``members`` MNIST FC jobs as one stacked model against M solo
-    runs, for bp, fa and dtp. Not in this version: fill this in when ``bioscale.stack`` lands (measure the
-    stacked step with ``timed`` and compare M x the solo step time from ``table1``'s MNIST FC cells)."""
-    return {"members": members, "result": "stacked runs: not in this version"}
+    """Stacked runs (issue 13, point 1): M = ``members`` MNIST FC jobs (seeds 0..M-1, lrs apart) as one stacked
+    model (``bioscale.stack.Stack``) against M solo runs of the same jobs, for bp, fa and dtp: M x the solo
+    step time over the stacked step time is the throughput gain (goal: at least 20x at M = 64 on a GPU)."""
+    import torch
+
+    from bioscale.data.base import DataShape
+    from bioscale.stack import Stack
+
+    members = 4 if s.smoke else members
+    cells = dict(table1_cells(s.smoke))
+    shape = (SMOKE_SIZES if s.smoke else SIZES)["mnist"][0]
+    seconds = 0.3 if s.smoke else max(2.0, 0.05 * s.left())
+    out: dict[str, Any] = {"members": members, "rules": {}}
+    for rule_name in ("bp", "fa", "dtp"):
+        spec = next(v for k, v in cells.items() if k.startswith(f"{rule_name} fc mnist")
+                    or k.startswith(f"{rule_name}/par fc mnist"))
+        batch = spec.train.batch_size
+        rule, _, x, y = build(spec, "mnist", shape, 10, batch, s.device)
+        solo_s, _ = timed(step_fn(rule, x, y), s.device, warmup=2, max_steps=3 if s.smoke else 200, max_s=seconds)
+        specs = [spec.model_copy(update={"seed": m, "optim": spec.optim.model_copy(
+            update={"lr": spec.optim.lr * (1 + 0.01 * m)})}) for m in range(members)]
+        peak_reset(s.device)
+        stack = Stack.build(specs, DataShape("mnist", shape, 10, batch * 4, batch), s.device)  # type: ignore[arg-type]
+        xs = torch.rand(members, batch, *shape, device=s.device)
+        ys = torch.randint(0, 10, (members, batch), device=s.device)
+        stacked_s, _ = timed(lambda st=stack, a=xs, b=ys: st.step(a, b), s.device, warmup=2,
+                             max_steps=3 if s.smoke else 100,
+                             max_s=seconds)
+        out["rules"][rule_name] = {"solo_step_ms": round(1e3 * solo_s, 3), "stacked_step_ms": round(1e3 * stacked_s, 3),
+                                   "throughput_x": round(members * solo_s / stacked_s, 2),
+                                   "peak_gib": peak_gib(s.device)}
+        del stack
+    gains = ", ".join(f"{r} {v['throughput_x']}x" for r, v in out["rules"].items())
+    out["result"] = f"stacked runs, M = {members} MNIST FC jobs as one model vs solo: {gains}"
+    return out
 
 
 # ---- report -----------------------------------------------------------------------------------------------
@@ -500,7 +533,7 @@ def summary(r: dict, smoke: bool) -> list[str]:
     for k in r.get("packing", {}).get("slots") or [1]:
         if proj.get(f"jobs_per_gpu_{k}"):
             out.append(f"table1 projected wall time, {k} job(s) per GPU: {proj[f'jobs_per_gpu_{k}']['hours']} h")
-    out.append(r.get("stacked", {}).get("result", "stacked runs: not in this version"))
+    out.append(r.get("stacked", {}).get("result", "stacked runs: not measured"))
     if smoke:
         out.append("goals: not judged with --smoke (tiny nets on the CPU)")
     else:
@@ -519,6 +552,10 @@ def goals(r: dict) -> list[tuple[str, bool, Any]]:
     best = r.get("projection", {}).get("best_hours")
     if best is not None:
         out.append(("table1 in at most 3 hours on this GPU", best <= 3.0, f"{best} h"))
+    stacked = r.get("stacked", {})
+    for rule, v in (stacked.get("rules") or {}).items():
+        out.append((f"stacked M = {stacked['members']} MNIST FC {rule} >= 20x solo throughput",
+                    v["throughput_x"] >= 20.0, f"{v['throughput_x']}x"))
     return out
 
 

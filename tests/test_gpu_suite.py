@@ -1,6 +1,6 @@
 """benchmarks/gpu_suite.sh --smoke: the GPU suite runs end to end on the CPU (every table1 cell built and
 stepped, the ImageNet LC net, ResNet-18 with bf16 + channels_last, packed processes, the projection), skips
-the CUDA-only part saying so, never reports a number for stacked runs, and records provenance (issue 13)."""
+the CUDA-only part saying so, measures stacked against solo runs, and records provenance (issue 13)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def test_projection_stretches_cells_by_the_packing_factor_and_judges_the_goals()
                                                         "lc": {"speedup": {1: 1.0, 4: 2.0}}}}
     projection = run_projection(SimpleNamespace(results=results))  # type: ignore[arg-type]
     assert projection["jobs_per_gpu_1"]["hours"] == 7.0 and projection["jobs_per_gpu_4"]["hours"] == 6.0
-    assert projection["best_hours"] == 6.0 and projection["stacked"] == "not in this version"
+    assert projection["best_hours"] == 6.0 and projection["stacked"] == "table1 has no stackable jobs"
     results["projection"] = projection
     results["resnet18"] = {"ratio_to_bp": {"ss": 0.97, "fa": 0.9}}
     results["imagenet_lc"] = {"bp": {"peak_gib": 20.1, "fits_16gb": False}}
@@ -67,8 +67,11 @@ def test_gpu_suite_smoke_runs_on_the_cpu(tmp_path: Path) -> None:
     projection = r["projection"]
     one = projection["jobs_per_gpu_1"]
     assert one["hours"] == pytest.approx(sum(c["cell_hours"] for c in cells), rel=1e-3, abs=0.02)
-    assert r["stacked"]["result"] == "stacked runs: not in this version"
-    assert "stacked runs: not in this version" in proc.stdout and "MNIST FC epoch bp:" in proc.stdout
+    stacked = r["stacked"]
+    assert stacked["members"] == 4 and set(stacked["rules"]) == {"bp", "fa", "dtp"}
+    assert all(v["stacked_step_ms"] > 0 and v["throughput_x"] > 0 for v in stacked["rules"].values())
+    assert "stacked runs, M = 4 MNIST FC jobs as one model vs solo: bp " in proc.stdout
+    assert "MNIST FC epoch bp:" in proc.stdout
     assert (out / "suite.md").read_text().startswith("# bioscale GPU suite (smoke, CPU)")
     assert (tmp_path / "suite.json").is_file() and (tmp_path / "suite.md").is_file()  # copied to $OUT
     assert not any(p.name.startswith("barrier") for p in out.iterdir())
