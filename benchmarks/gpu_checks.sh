@@ -9,27 +9,8 @@
 #
 # The package runs from this checkout (PYTHONPATH=.). bioscale needs psutil, filelock and pebble beyond
 # torch/torchvision/pydantic/typer/rich/pyyaml/pandas; on a machine without internet put their wheels in
-# .whl/ (see README "Running on a cluster"): they are installed into /tmp/site first. PYTHON picks the
+# .whl/ (see README "Running on a cluster"): gpu_env.sh installs them into /tmp/site first. PYTHON picks the
 # interpreter (default python3).
-set -euo pipefail
-cd "$(dirname "$0")/.."
-PYTHON="${PYTHON:-python3}"
-if compgen -G ".whl/*.whl" > /dev/null; then
-  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
-fi
-export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
-export PYTHONUNBUFFERED=1
-missing=$("$PYTHON" - <<'PY'
-import importlib.util
-print(" ".join(m for m in ("torch", "torchvision", "pydantic", "typer", "rich", "yaml", "pandas", "psutil",
-                            "filelock", "pebble") if importlib.util.find_spec(m) is None))
-PY
-)
-if [ -n "$missing" ]; then
-  echo "gpu_checks: missing Python packages: $missing. Install them, or put their wheels in .whl/ (README," \
-       "'Running on a cluster')." >&2
-  exit 2
-fi
-"$PYTHON" -c "import bioscale" || { echo "gpu_checks: cannot import bioscale from $(pwd)" >&2; exit 2; }
+NAME=gpu_checks
+source "$(dirname "$0")/gpu_env.sh"
 exec "$PYTHON" benchmarks/gpu_checks.py "$@"
