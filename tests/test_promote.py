@@ -191,3 +191,27 @@ def test_total_epochs_of_a_search() -> None:
     assert promote.total_epochs(PromoteSpec(rungs=[10, 50], keep="1/3"), 60, 500) == 60 * 10 + 20 * 40 + 6 * 450
     assert promote.total_epochs(PromoteSpec(rungs=[10, 100], keep=1), 60, 100) == 60 * 10 + 90  # the ImageNet rule
     assert promote.total_epochs(PromoteSpec(rungs=[2], keep=0.5), 5, 4) == 5 * 2 + 2 * 2
+
+
+def test_a_search_with_halving_runs_stacked_as_it_runs_alone(tmp_path: Path, tiny_grid: dict) -> None:
+    """A search's configurations of one rule differ only in numeric hyperparameters: with ``stack`` they train
+    as stacks (the rung's candidates together, the promoted one on), and every record is what the unstacked
+    run writes: the same promotions, epochs per job, and numbers within float32 rounding."""
+    from bioscale.spec import ExecutorSpec
+
+    path = _grid(tmp_path, tiny_grid, n=4, rungs=[2], keep=1, epochs=3)
+    alone = run_grid(path, tmp_path / "alone", preflight=False)
+    stacked = run_grid(path, tmp_path / "stacked", preflight=False,
+                       executor=ExecutorSpec(name="inline", params={"stack": 4}))
+    assert sorted(r.status for r in stacked.results) == sorted(r.status for r in alone.results)
+    sizes = {len(r.provenance.stack or []) for r in stacked.results if r.provenance is not None}
+    assert 4 in sizes  # a rung's four candidates of a rule trained as one stack
+    decisions = [json.loads((tmp_path / d / "tiny" / promote.DECISIONS).read_text())["decisions"]
+                 for d in ("alone", "stacked")]
+    assert [e["kept"] for e in decisions[0]] == [e["kept"] for e in decisions[1]]
+    for job in alone.jobs:
+        a = Store(tmp_path / "alone").job_dir("tiny", job.job_id).read_metrics()
+        b = Store(tmp_path / "stacked").job_dir("tiny", job.job_id).read_metrics()
+        assert [m.epoch for m in a] == [m.epoch for m in b]
+        assert [m.train_loss for m in b] == pytest.approx([m.train_loss for m in a], rel=1e-4)
+        assert [m.val_error for m in b] == pytest.approx([m.val_error for m in a], abs=100 / 64 + 1e-9)
