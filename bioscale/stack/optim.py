@@ -5,7 +5,10 @@ group, and a stacked parameter [M, ...] holds M members' weights in one tensor: 
 of it is impossible (groups hold whole tensors). So this applies torch's own update formulas
 (``torch.optim.Adam``/``SGD``, non-fused, non-amsgrad, dampening 0: the same update the fused kernels
 compute, rounded differently) with every hyperparameter a [M] vector broadcast over the member dimension, and
-each member's step count kept apart. Per-member state converts to and from a solo optimiser's
+each member's step count kept apart. A param group is updated at once: its gradients gathered into one
+[M, P] tensor, its moments kept in [M, P] buffers (each parameter's state a view), so a step is a dozen
+kernels per group whatever the number of parameters (a small net's step is launch-bound on a GPU). Per-member
+state converts to and from a solo optimiser's
 ``state_dict`` (``member_state_dict``/``load_member_state_dict``), so a member's checkpoint is the one its
 solo job would write.
 """
