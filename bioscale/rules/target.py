@@ -188,19 +188,7 @@ class TargetRule(Rule):
     # ---- the computation -------------------------------------------------------------------------
 
     def forward_local(self, x: Tensor, grad_at_top: bool = False) -> tuple[list[Tensor], Tensor]:
-        """[h_1..h_L] with every layer's input detached, so each h_l's graph holds only layer l's
-        parameters; also the output layer's input (a leaf that requires grad when ``grad_at_top``)."""
-        hs: list[Tensor] = []
-        h = x
-        last = len(self.net.layers) - 1
-        for i, layer in enumerate(self.net.layers):
-            h = h.detach()
-            if i == last and grad_at_top:
-                h.requires_grad_(True)
-            top_input = h
-            h = layer(h)
-            hs.append(h)
-        return hs, top_input
+        return forward_local(self.net.layers, x, grad_at_top)
 
     def aux_code(self, h_prev: Tensor) -> Tensor | None:
         """Extra output units computed from h_{L-1} (AO-SDTP's z); None for a plain output layer."""
@@ -413,3 +401,21 @@ class AOSDTP(TargetRule):
 
     def aux_code(self, h_prev: Tensor) -> Tensor:
         return self.net.aux_features(h_prev)
+
+
+def forward_local(layers: Any, x: Tensor, grad_at_top: bool = False) -> tuple[list[Tensor], Tensor]:
+    """[h_1..h_L] of ``layers`` with every layer's input detached, so each h_l's graph holds only layer l's
+    parameters; also the output layer's input (a leaf that requires grad when ``grad_at_top``). A stacked
+    net's layers (``bioscale.stack``) go through the same function."""
+    hs: list[Tensor] = []
+    h = x
+    last = len(layers) - 1
+    top_input = x
+    for i, layer in enumerate(layers):
+        h = h.detach()
+        if i == last and grad_at_top:
+            h.requires_grad_(True)
+        top_input = h
+        h = layer(h)
+        hs.append(h)
+    return hs, top_input

@@ -249,17 +249,7 @@ class StackedTarget(StackedRule):
         return [out[i] for i in range(len(hs) - 1)]
 
     def forward_local(self, x: Tensor, grad_at_top: bool = False) -> tuple[list[Tensor], Tensor]:
-        hs: list[Tensor] = []
-        h = x
-        last = len(self.net.layers) - 1
-        for i, layer in enumerate(self.net.layers):
-            h = h.detach()
-            if i == last and grad_at_top:
-                h.requires_grad_(True)
-            top_input = h
-            h = layer(h)
-            hs.append(h)
-        return hs, top_input
+        return target.forward_local(self.net.layers, x, grad_at_top)
 
     # -- the updates ------------------------------------------------------------------------------------
 
