@@ -151,11 +151,14 @@ class StackedOptimizer:
             beta2 = [s.betas[1] for s in self.specs]
             exp_avg, exp_avg_sq = st["exp_avg"], st["exp_avg_sq"]
             exp_avg.lerp_(grad, self._vec([1 - b for b in beta1], grad))
-            exp_avg_sq.mul_(self._vec(beta2, grad)).add_(self._vec([1 - b for b in beta2], grad) * grad * grad)
+            # in place on one temporary: each [M, P] pass costs a trip through memory on the CPU
+            sq = torch.mul(grad, grad).mul_(self._vec([1 - b for b in beta2], grad))
+            exp_avg_sq.mul_(self._vec(beta2, grad)).add_(sq)
             step_size = [lr[m] / (1 - beta1[m] ** steps[m]) for m in range(self.m)]
             bc2_sqrt = [(1 - beta2[m] ** steps[m]) ** 0.5 for m in range(self.m)]
-            denom = (exp_avg_sq.sqrt() / self._vec(bc2_sqrt, grad)).add_(self._vec([s.eps for s in self.specs], grad))
-            return self._vec(step_size, grad) * exp_avg / denom
+            denom = torch.sqrt(exp_avg_sq, out=sq).div_(self._vec(bc2_sqrt, grad))
+            denom.add_(self._vec([s.eps for s in self.specs], grad))
+            return torch.div(exp_avg, denom, out=denom).mul_(self._vec(step_size, grad))
         momentum = [s.momentum for s in self.specs]
         if any(momentum):
             buf = st["momentum_buffer"]
