@@ -24,12 +24,14 @@ from bioscale.spec import JobSpec
 from bioscale.stack import Stack, build_member
 
 MNIST = DataShape("mnist", (1, 28, 28), 10, 60000, 10000)
+CIFAR = DataShape("cifar10", (3, 32, 32), 10, 50000, 10000)
 SMOKE = DataShape("mnist", (1, 4, 4), 3, 64, 64)
 
 
-def job(rule: str, seed: int, hidden: list[int] | None, batch: int, device: str) -> JobSpec:
+def job(rule: str, seed: int, hidden: list[int] | None, batch: int, device: str, arch: str = "fc") -> JobSpec:
+    params = {"hidden": hidden} if arch == "fc" else {}
     return JobSpec.model_validate({
-        "dataset": {"name": "mnist"}, "arch": {"name": "fc", "params": {"hidden": hidden}},
+        "dataset": {"name": "mnist"}, "arch": {"name": arch, "params": params},
         "rule": {"name": rule}, "optim": {"lr": 1e-4 * (1 + seed)}, "seed": seed,
         "train": {"batch_size": batch, "device": device}})
 
@@ -40,9 +42,9 @@ def sync(device: str) -> None:
 
 
 def bench(rule: str, m: int, info: DataShape, hidden: list[int] | None, batch: int, rounds: int, steps: int,
-          device: str) -> tuple[float, float]:
+          device: str, arch: str = "fc") -> tuple[float, float]:
     """(median seconds per solo step, median ratio of M solo steps to one stacked step)."""
-    specs = [job(rule, s, hidden, batch, device) for s in range(m)]
+    specs = [job(rule, s, hidden, batch, device, arch) for s in range(m)]
     solo = build_member(specs[0], info, device)
     solo.rule.begin_epoch(0)
     stack = Stack.build(specs, info, device)
@@ -80,18 +82,22 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--net", choices=["mnist-fc", "cifar-lc"], default="mnist-fc",
+                    help="cifar-lc: Table 3's CIFAR-10 LC net (where a search spends most of its time)")
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    info, hidden = (SMOKE, [8, 8]) if args.smoke else (MNIST, None)
+    arch = "lc" if args.net == "cifar-lc" else "fc"
+    info, hidden = (SMOKE, [8, 8]) if args.smoke else (CIFAR if arch == "lc" else MNIST, None)
     rounds, steps = (2, 1) if args.smoke else (args.rounds, args.steps)
     batch = 8 if args.smoke else args.batch
-    print(f"MNIST FC net {'(smoke) ' if args.smoke else ''}batch {batch}, {args.device}, {args.threads} thread(s), "
+    name = "CIFAR LC" if arch == "lc" else "MNIST FC"
+    print(f"{name} net {'(smoke) ' if args.smoke else ''}batch {batch}, {args.device}, {args.threads} thread(s), "
           f"Adam; ratio = M solo steps / one stacked step (median of {rounds} interleaved rounds)")
     print(f"{'rule':6s} {'M':>4s} {'solo ms/step':>13s} {'stacked ms/step':>16s} {'ratio':>7s}")
     for rule in args.rules.split(","):
         for m in (int(v) for v in args.members.split(",")):
-            solo, ratio = bench(rule, m, info, hidden, batch, rounds, steps, args.device)
+            solo, ratio = bench(rule, m, info, hidden, batch, rounds, steps, args.device, arch)
             print(f"{rule:6s} {m:4d} {1e3 * solo:13.2f} {1e3 * m * solo / ratio:16.2f} {ratio:7.2f}", flush=True)
 
 
