@@ -99,14 +99,19 @@ def test_two_runs_on_one_store_train_every_job_once(tmp_path: Path) -> None:
     assert set(_statuses(results).values()) == {"done"}
 
 
-@pytest.mark.parametrize("executor", ["inline", "local"])
+@pytest.mark.parametrize("executor", ["inline", "local", "inline-stack"])
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_stop_signal_stops_every_job_keeps_epochs_and_resumes_exactly(tmp_path: Path, executor: str,
                                                                         sig: int) -> None:
+    """inline-stack: the 3 seeds train as one stack (--stack 3): every member is left resumable and the re-run
+    (a stack again) ends with the numbers of an uninterrupted stacked run."""
     grid, results = _grid(tmp_path, seeds=3, epochs=8, train_size=2048), tmp_path / "results"
-    args = ["run", str(grid), "--results", str(results), "--executor", executor, "--threads", "1", "--quiet"]
+    args = ["run", str(grid), "--results", str(results), "--executor", executor.split("-")[0], "--threads", "1",
+            "--quiet"]
     if executor == "local":
         args += ["--workers", "2"]
+    if executor == "inline-stack":
+        args += ["--stack", "3"]
     proc = _start(*args)
     _wait_for(_some_epoch_done(results), what="a finished epoch")
     workers = psutil.Process(proc.pid).children(recursive=True)
@@ -129,6 +134,9 @@ def test_a_stop_signal_stops_every_job_keeps_epochs_and_resumes_exactly(tmp_path
     resumed = _run(*args)
     assert resumed.returncode == 0, resumed.stderr
     assert set(_statuses(results).values()) == {"done"}
+    if executor == "inline-stack":  # the members trained (and resumed) as one stack
+        stacks = [json.loads((job / "result.json").read_text())["provenance"]["stack"] for job in _jobs(results)]
+        assert all(stack is not None and len(stack) == 3 for stack in stacks)
     clean = tmp_path / "clean"
     assert _run(*[a if a != str(results) else str(clean) for a in args]).returncode == 0
     for job in _jobs(results):
