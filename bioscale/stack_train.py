@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from bioscale import cadence, claims, threads
+from bioscale import cadence, claims, interrupts, threads
 from bioscale.data import LoaderSettings, load_data
 from bioscale.data.loaders import first_batch
 from bioscale.interrupts import Interrupted
@@ -281,34 +281,40 @@ class _StackRun:
             held = getattr(data, "validation", None)  # dataset.params.validation: what a search selects on
             if held is not None:
                 vals = evaluate(stack, held)
-        for i, m in enumerate(alive):
-            if m.result is not None:
-                continue
-            t = m.trainer
-            diagnostics: dict[str, float] = {}
-            if cadence.diagnostics_due(train, epoch):
-                _, rule = stack.member(i)  # its solo model and rule, holding its current state
-                with stack.rng.use(i):  # diagnostics draw from the member's generators, as alone
-                    x, y = cadence.diagnostics_slice(first_batch(data.train_eval), train.diagnostics_batch)
-                    diagnostics = rule.diagnostics(x, y)
-            test, val = tests[i], vals[i]
-            train_error = m.extra["running_error"] if train.train_error == "running" else trains[i].error
-            t.metrics.append(EpochMetrics(
-                epoch=epoch + 1, train_loss=m.extra["train_loss"], train_error=train_error,
-                test_error=test.error, test_loss=test.loss, top5_error=test.top5, epoch_time_s=train_time,
-                lr=stack.current_lr(i), diagnostics=diagnostics, metrics=dict(test.metrics), val_error=val.error,
-                val_loss=val.loss))
-            if m.claim.lost:  # another process took this job over: it writes nothing more
-                m.result = JobResult(job_id=m.job.job_id, grid=m.job.grid, status="running",
-                                     error="another process took this job over; this stack stopped writing it")
-                m.extra["lost"] = True
-                continue
-            m.jdir.write_metrics(t.metrics)
-            t.log.epoch(t.metrics[-1])
-            if cadence.checkpoint_due(train, epoch) or (train.checkpoint and last_of_run):
-                t.write_checkpoint(stack.member_state(i), epoch + 1)
-            t.report(epoch + 1, len(self.batches), len(self.batches), m.extra["train_loss"], test.error,
-                     epoch_end=True)
+        with interrupts.deferred():  # one unit: a stop cannot leave some members an epoch ahead of the others
+            for i, m in enumerate(alive):
+                if m.result is None:
+                    self._record_epoch(epoch, stack, i, m, data, train_time, last_of_run, tests[i], trains[i],
+                                       vals[i])
+
+    def _record_epoch(self, epoch: int, stack: Stack, i: int, m: _Member, data: Any, train_time: float,
+                      last_of_run: bool, test: Evaluation, trained: Evaluation, val: Evaluation) -> None:
+        """Member i's diagnostics (its solo model and rule, its own generators), metrics, checkpoint, progress."""
+        train = m.job.spec.train
+        t = m.trainer
+        diagnostics: dict[str, float] = {}
+        if cadence.diagnostics_due(train, epoch):
+            _, rule = stack.member(i)  # its solo model and rule, holding its current state
+            with stack.rng.use(i):  # diagnostics draw from the member's generators, as alone
+                x, y = cadence.diagnostics_slice(first_batch(data.train_eval), train.diagnostics_batch)
+                diagnostics = rule.diagnostics(x, y)
+        train_error = m.extra["running_error"] if train.train_error == "running" else trained.error
+        t.metrics.append(EpochMetrics(
+            epoch=epoch + 1, train_loss=m.extra["train_loss"], train_error=train_error,
+            test_error=test.error, test_loss=test.loss, top5_error=test.top5, epoch_time_s=train_time,
+            lr=stack.current_lr(i), diagnostics=diagnostics, metrics=dict(test.metrics), val_error=val.error,
+            val_loss=val.loss))
+        if m.claim.lost:  # another process took this job over: it writes nothing more
+            m.result = JobResult(job_id=m.job.job_id, grid=m.job.grid, status="running",
+                                 error="another process took this job over; this stack stopped writing it")
+            m.extra["lost"] = True
+            return
+        m.jdir.write_metrics(t.metrics)
+        t.log.epoch(t.metrics[-1])
+        if cadence.checkpoint_due(train, epoch) or (train.checkpoint and last_of_run):
+            t.write_checkpoint(stack.member_state(i), epoch + 1)
+        t.report(epoch + 1, len(self.batches), len(self.batches), m.extra["train_loss"], test.error,
+                 epoch_end=True)
 
     # -- results -------------------------------------------------------------------------------------------
     def _record(self, m: _Member) -> JobResult:
