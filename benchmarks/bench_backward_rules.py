@@ -9,7 +9,8 @@ Rules are timed in many short interleaved rounds (every rule a few steps per rou
 order) so that load from other processes hits them alike; a rule's ratio is the median over rounds of its
 step time divided by bp's in the same round, and the bp column is bp's median step time.
 
-Nets: the MLP 784-1024-1024-10 (tanh) at batch 128 and 1024, and a small conv net (Table 3's MNIST
+Nets: Bartunov et al.'s MNIST FC net 784-256x5-10 at batch 128, the MLP 784-1024-1024-10 (tanh) at batch
+128 and 1024, and a small conv net (Table 3's MNIST
 LC net with shared weights: conv 3x3/32/s2, conv 3x3/64/s2, FC 1024, 10) at batch 128.
 """
 
@@ -41,8 +42,7 @@ RULES: dict[str, Callable[[], BackwardRule]] = {
 }
 
 
-def mlp() -> LayeredNet:
-    widths = [784, 1024, 1024, 10]
+def mlp(widths: tuple[int, ...] = (784, 1024, 1024, 10)) -> LayeredNet:
     layers = []
     for i, (a, b) in enumerate(itertools.pairwise(widths)):
         op = nn.Linear(a, b)
@@ -51,6 +51,12 @@ def mlp() -> LayeredNet:
         layers.append(Layer(op, None if last else nn.Tanh(), (1, 28, 28) if i == 0 else (a,), (b,),
                             flatten=i == 0))
     return LayeredNet(layers)
+
+
+def mnist_fc() -> LayeredNet:
+    """Bartunov et al.'s MNIST FC net (Table 3: five tanh layers of 256), where a rule's fixed per-layer
+    cost shows most (issue 13: fa/ss at most 1.02x bp)."""
+    return mlp((784, 256, 256, 256, 256, 256, 10))
 
 
 def convnet() -> LayeredNet:
@@ -124,8 +130,8 @@ def main() -> None:
     if "bp" not in rules:
         rules = ["bp", *rules]
     rounds = args.rounds or (6 if args.quick else 30)
-    cases = [("MLP 784-1024-1024-10", mlp, 128), ("MLP 784-1024-1024-10", mlp, 1024),
-             ("conv 32-64-FC1024", convnet, 128)]
+    cases = [("MNIST FC 784-256x5-10", mnist_fc, 128), ("MLP 784-1024-1024-10", mlp, 128),
+             ("MLP 784-1024-1024-10", mlp, 1024), ("conv 32-64-FC1024", convnet, 128)]
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     print(f"device={device} threads={torch.get_num_threads()} rounds={rounds} clock={args.clock} "
           f"torch={torch.__version__}")

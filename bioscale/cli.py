@@ -709,12 +709,16 @@ def arch_summary(
     batch_size: Annotated[int, typer.Option(help="Batch size for the memory estimate.")] = 128,
     param: Annotated[list[str] | None, typer.Option(
         help="Architecture parameter KEY=VALUE, e.g. --param hidden=[512,512] (repeatable).")] = None,
+    rule: Annotated[str | None, typer.Option(
+        help="Also trace this rule's own training step (its feedback, inverses and optimisers).")] = None,
+    stack: Annotated[int, typer.Option(
+        help="Also trace a stack of this many jobs of --rule (bp if not given), as `bioscale run --stack`.")] = 1,
 ) -> None:
     """Layers, output shapes, parameter count and the memory one training step needs (computed, nothing
-    is allocated: check before a run whether a net fits your GPU)."""
+    is allocated: check before a run whether a net, or a stack of jobs, fits your GPU)."""
     from bioscale.models.summary import describe_arch
 
-    out.print(describe_arch(name, dataset, batch_size, param or []), highlight=False)
+    out.print(describe_arch(name, dataset, batch_size, param or [], rule, stack), highlight=False)
 
 
 @app.command("list")

@@ -118,6 +118,11 @@ def test_arch_summary() -> None:
     assert proc.returncode == 0 and "7,510" in proc.stdout
     bad = bioscale("arch", "summary", "lcc")
     assert bad.returncode == 2 and "Did you mean 'lc'" in bad.stderr
+    proc = bioscale("arch", "summary", "fc", "--rule", "fa", "--stack", "4")
+    assert proc.returncode == 0, proc.stderr
+    assert "memory of a stack of 4 fa jobs, batch 128 each" in proc.stdout and "4 jobs alone" in proc.stdout
+    bad = bioscale("arch", "summary", "resnet18", "--dataset", "cifar10", "--stack", "2")
+    assert bad.returncode == 2 and "cannot be stacked" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_user_text_in_square_brackets_is_printed(tmp_path: Path) -> None:

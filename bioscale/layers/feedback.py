@@ -267,14 +267,61 @@ class _Conv2dFeedback(torch.autograd.Function):
 
 
 def linear_feedback(x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Tensor) -> Tensor:
-    """``F.linear`` whose input gradient uses ``feedback`` (shape of ``weight``) in place of ``weight``."""
-    return _LinearFeedback.apply(x, weight, bias, feedback.detach())
+    """``F.linear`` whose input gradient uses ``feedback`` (shape of ``weight``) in place of ``weight``.
+
+    A 2-d input (every FC net's batch) takes the plain op: ``F.linear`` records one addmm (mm without bias)
+    node, which saves x for W's gradient and W^T for x's; a saved-tensor hook (torch's documented
+    ``grad_fn._raw_saved_*.register_hooks``) swaps the saved W^T for B^T, so torch's own C++ backward computes
+    grad_x = grad_y B and grad_W = grad_y^T x. A Python ``autograd.Function`` per layer cost fa/ss ~6% of a
+    step on the paper's 256-wide MNIST FC net (its fixed per-call cost; issue 13); the hook costs two small
+    Python calls. An input that needs no gradient (a net's first layer) needs no B at all. Other shapes and
+    traced code (``torch.compile``) use ``_LinearFeedback``.
+    """
+    if not x.requires_grad:
+        return F.linear(x, weight, bias)
+    if x.dim() != 2 or torch.compiler.is_compiling():
+        return _LinearFeedback.apply(x, weight, bias, feedback.detach())
+    out = F.linear(x, weight, bias)
+    if out.grad_fn is not None:  # None only when nothing needs a gradient
+        _swap_saved(out.grad_fn._raw_saved_mat2, feedback.detach().t())
+    return out
+
+
+def _swap_saved(saved: Any, replacement: Tensor) -> None:
+    """Make the autograd node's saved tensor ``saved`` read as ``replacement`` (cast to the saved dtype,
+    for autocast) in backward. The saved original is dropped at once (its dtype is all that is kept).
+    Like ``save_for_backward``, an in-place change of ``replacement`` before backward is an error."""
+    version = replacement._version
+
+    def unpack(dtype: torch.dtype) -> Tensor:
+        if replacement._version != version:
+            raise RuntimeError(
+                "one of the variables needed for gradient computation has been modified by an inplace "
+                "operation: the feedback matrix B changed between this layer's forward and its backward"
+            )
+        return replacement if replacement.dtype == dtype else replacement.to(dtype)
+
+    saved.register_hooks(_saved_dtype, unpack)
+
+
+def _saved_dtype(tensor: Tensor) -> torch.dtype:
+    return tensor.dtype
 
 
 def conv2d_feedback(x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Tensor,
                     stride: tuple[int, int] = (1, 1), padding: tuple[int, int] = (0, 0),
                     dilation: tuple[int, int] = (1, 1), groups: int = 1) -> Tensor:
-    """``F.conv2d`` (numeric padding) whose input gradient is conv_transpose2d with ``feedback``."""
+    """``F.conv2d`` (numeric padding) whose input gradient is conv_transpose2d with ``feedback``. As in
+    ``linear_feedback``, eager code runs torch's own convolution node with B swapped into its saved weight
+    (``convolution_backward`` takes grad_input from that weight and grad_weight from input and grad_out
+    only, the property ``_Conv2dFeedback`` also rests on); traced code uses ``_Conv2dFeedback``."""
+    if not x.requires_grad:
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    if not torch.compiler.is_compiling():
+        out = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+        if out.grad_fn is not None:
+            _swap_saved(out.grad_fn._raw_saved_weight, feedback.detach())
+        return out
     return _Conv2dFeedback.apply(x, weight, bias, feedback.detach(), tuple(stride), tuple(padding),
                                  tuple(dilation), groups)
 

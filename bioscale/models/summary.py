@@ -70,7 +70,7 @@ class ArchSummary:
         return self.param_bytes + self.optimizer_bytes + max(self.backward_peak_bytes, self.grad_bytes)
 
 
-class _LiveBytes(TorchDispatchMode):
+class LiveBytes(TorchDispatchMode):
     """Bytes of the storages ops create while active, each until it is freed; ``peak`` is their maximum.
     Keyed by the storage object (meta storages have no address)."""
 
@@ -92,8 +92,12 @@ class _LiveBytes(TorchDispatchMode):
                 if key not in inputs and key not in self.live and st.nbytes() > 0:
                     self.live[key] = (self._ref(st), st.nbytes())
         self.live = {k: v for k, v in self.live.items() if not v[0].expired()}
-        self.peak = max(self.peak, sum(n for _, n in self.live.values()))
+        self.peak = max(self.peak, self.live_bytes)
         return out
+
+    @property
+    def live_bytes(self) -> int:
+        return sum(n for _, n in self.live.values())
 
 
 def summarize(arch: ArchSpec, info: DataShape, batch_size: int) -> ArchSummary:
@@ -146,7 +150,7 @@ def _backward_peak(model: nn.Module, x: Tensor, num_classes: int) -> int:
     loss is the cross-entropy of its logits; a detector's (``summary_forward``: backbone, FPN and heads, whose
     real loss needs boxes) a sum over its outputs, which backpropagates through the same graph."""
     y = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-    tracker = _LiveBytes()
+    tracker = LiveBytes()
     with tracker:
         out = getattr(model, "summary_forward", model)(x)
         if isinstance(out, Tensor):
@@ -170,7 +174,7 @@ def _row_hook(name: str, module: nn.Module, rows: dict[str, LayerRow]):  # type:
     return hook
 
 
-def _fmt_bytes(n: int) -> str:
+def fmt_bytes(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -196,20 +200,23 @@ def render(summary: ArchSummary) -> str:
         "",
         f"parameters         {s.total_params:>15,}  ({s.trainable_params:,} trainable)",
         f"memory, one training step at batch {s.batch_size} (computed, not measured):",
-        f"  parameters       {_fmt_bytes(s.param_bytes):>15}",
-        f"  gradients        {_fmt_bytes(s.grad_bytes):>15}",
-        f"  Adam state       {_fmt_bytes(s.optimizer_bytes):>15}",
-        f"  saved activations{_fmt_bytes(s.activation_bytes):>15}",
-        f"  total            {_fmt_bytes(s.total_bytes):>15}",
-        f"  peak of a step   {_fmt_bytes(s.peak_bytes):>15}  (with Adam state and backward's temporaries)",
+        f"  parameters       {fmt_bytes(s.param_bytes):>15}",
+        f"  gradients        {fmt_bytes(s.grad_bytes):>15}",
+        f"  Adam state       {fmt_bytes(s.optimizer_bytes):>15}",
+        f"  saved activations{fmt_bytes(s.activation_bytes):>15}",
+        f"  total            {fmt_bytes(s.total_bytes):>15}",
+        f"  peak of a step   {fmt_bytes(s.peak_bytes):>15}  (with Adam state and backward's temporaries)",
     ]
     return "\n".join(lines)
 
 
-def describe_arch(name: str, dataset: str, batch_size: int, params: list[str]) -> str:
+def describe_arch(name: str, dataset: str, batch_size: int, params: list[str], rule: str | None = None,
+                  stack: int = 1) -> str:
     """``bioscale arch summary``: the table for arch ``name`` built for ``dataset``'s registered shape, with
     ``params`` as KEY=VALUE strings; an arch that cannot be built for that dataset is refused by the same
-    compatibility check grid validation uses."""
+    compatibility check grid validation uses. With ``rule`` (bp when only ``stack`` is given) it adds the
+    traced memory of that rule's own step, for one job and for a stack of ``stack`` jobs
+    (``bioscale.models.step_memory``)."""
     from pydantic import ValidationError
 
     from bioscale.catalog import ARCHS, DATASETS, compat
@@ -228,4 +235,14 @@ def describe_arch(name: str, dataset: str, batch_size: int, params: list[str]) -
                             f"{', '.join(compat.datasets_for_arch(record))}.")
     shape = DataShape(data.family, data.input_shape, data.num_classes, 0, 0)
     spec = ArchSpec(name=name, params=arch_params.model_dump(mode="json"))
-    return render(summarize(spec, shape, batch_size))
+    text = render(summarize(spec, shape, batch_size))
+    if rule is None and stack == 1:
+        return text
+    from bioscale.catalog import RULES
+    from bioscale.models.step_memory import render_step, trace_step
+
+    rule = RULES.get(rule or "bp").name
+    solo = trace_step(spec, dataset, shape, rule, batch_size)
+    if stack == 1:
+        return f"{text}\n\n{render_step(solo)}"
+    return f"{text}\n\n{render_step(trace_step(spec, dataset, shape, rule, batch_size, stack), solo)}"

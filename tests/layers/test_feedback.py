@@ -49,12 +49,18 @@ def _grads(layer: torch.nn.Module, x: torch.Tensor, g: torch.Tensor) -> tuple[to
 # ------------------------------------------------------------------------------------------------ linear
 
 
+# a 2-d batch runs torch's own addmm node with B swapped into its saved W^T; other shapes a Python Function
+LINEAR_INPUTS = {"2d (saved-tensor hook)": (6,), "3d (autograd.Function)": (3, 2)}
+
+
+@pytest.mark.parametrize("lead", LINEAR_INPUTS.values(), ids=LINEAR_INPUTS.keys())
 @pytest.mark.parametrize("kind", ["matrix", "sign", "sign_magnitude"])
-def test_linear_input_grad_is_grad_out_times_b_and_weight_grad_is_local(kind: str) -> None:
+def test_linear_input_grad_is_grad_out_times_b_and_weight_grad_is_local(kind: str, lead: tuple[int, ...]
+                                                                        ) -> None:
     torch.manual_seed(0)
     layer = FeedbackLinear(5, 4)
     layer.feedback = _sources(layer.weight)[kind]
-    x, g = torch.randn(3, 2, 5), torch.randn(3, 2, 4)  # extra leading dim: applied per row
+    x, g = torch.randn(*lead, 5), torch.randn(*lead, 4)  # a leading dim beyond the batch: applied per row
     gx, gw, gb = _grads(layer, x, g)
     b = layer.feedback_weight
     assert not torch.allclose(b, layer.weight)
@@ -76,12 +82,13 @@ def test_sign_feedback_is_sign_of_current_weight_times_scale() -> None:
     assert layer.feedback_weight[0, 0] == 0.0  # sign(0) = 0, as Xiao's code
 
 
-def test_sign_workspace_is_reused_and_guarded() -> None:
+@pytest.mark.parametrize("lead", LINEAR_INPUTS.values(), ids=LINEAR_INPUTS.keys())
+def test_sign_workspace_is_reused_and_guarded(lead: tuple[int, ...]) -> None:
     torch.manual_seed(13)
     layer = FeedbackLinear(6, 3, feedback=SignFeedback(0.5, torch.empty(3, 6)))
     ws = layer.feedback.workspace
     assert "feedback.workspace" not in layer.state_dict()  # derived from W: nothing to checkpoint
-    x, g = torch.randn(4, 6, requires_grad=True), torch.randn(4, 3)
+    x, g = torch.randn(*lead, 6, requires_grad=True), torch.randn(*lead, 3)
     layer(x).backward(g)
     torch.testing.assert_close(x.grad, g @ (torch.sign(layer.weight) * 0.5), rtol=0, atol=1e-12)
     assert layer.feedback.workspace is ws
@@ -134,6 +141,45 @@ def test_sign_magnitude_feedback_is_abs_m_times_sign_w_and_redraws() -> None:
     torch.testing.assert_close(fb(w), m * torch.sign(w), rtol=0, atol=0)
     fb.redraw_()
     assert (fb.magnitude >= 0).all() and not torch.equal(fb.magnitude, m)
+
+
+def test_a_2d_batch_runs_torchs_own_node_and_frees_the_saved_weight() -> None:
+    """The fast path is torch's addmm/mm node, not a Python Function, and it keeps no copy of W for x's
+    gradient (the saved W^T is dropped for B^T at once)."""
+    torch.manual_seed(5)
+    x = torch.randn(4, 6, requires_grad=True)
+    for bias in (True, False):
+        layer = FeedbackLinear(6, 3, bias=bias)
+        out = layer(x)
+        assert type(out.grad_fn).__name__ == ("AddmmBackward0" if bias else "MmBackward0")
+    # the first layer of a net (input without grad) is the plain op: nothing of B is involved
+    assert type(layer(torch.randn(4, 6)).grad_fn).__name__ == "MmBackward0"
+    conv = FeedbackConv2d(2, 3, 3)
+    assert type(conv(torch.randn(1, 2, 5, 5, requires_grad=True)).grad_fn).__name__ == "ConvolutionBackward0"
+
+
+def test_a_changed_conv_feedback_is_caught() -> None:
+    torch.manual_seed(7)
+    layer = FeedbackConv2d(2, 3, 3)
+    out = layer(torch.randn(1, 2, 5, 5, requires_grad=True))
+    with torch.no_grad():
+        layer.feedback.matrix.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()
+
+
+def test_a_changed_feedback_matrix_is_caught_on_both_paths() -> None:
+    """Like ``save_for_backward``, an in-place change of B between a forward and its backward is an error,
+    never a silent use of the new B."""
+    torch.manual_seed(6)
+    for lead in LINEAR_INPUTS.values():
+        layer = FeedbackLinear(6, 3)
+        x = torch.randn(*lead, 6, requires_grad=True)
+        out = layer(x)
+        with torch.no_grad():
+            layer.feedback.matrix.mul_(2.0)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            out.sum().backward()
 
 
 def test_linear_with_b_equal_w_is_backprop() -> None:
@@ -193,9 +239,18 @@ CONV_CASES = [
 ]
 
 
+@pytest.fixture(params=["torch node", "autograd.Function"])
+def conv_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Eager code swaps B into torch's convolution node; traced code (``torch.compile``) takes
+    ``_Conv2dFeedback``: run the formula tests on both (the second as if tracing)."""
+    if request.param == "autograd.Function":
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    return request.param
+
+
 @pytest.mark.parametrize("case", CONV_CASES)
 @pytest.mark.parametrize("kind", ["matrix", "sign", "sign_magnitude"])
-def test_conv_input_grad_is_conv_transpose_with_b(case: dict, kind: str) -> None:
+def test_conv_input_grad_is_conv_transpose_with_b(case: dict, kind: str, conv_path: str) -> None:
     torch.manual_seed(3)
     layer = FeedbackConv2d(4, 6, 3, **case)
     layer.feedback = _sources(layer.weight)[kind]
@@ -220,7 +275,7 @@ def test_conv_input_grad_is_conv_transpose_with_b(case: dict, kind: str) -> None
 
 
 @pytest.mark.parametrize("padding,mode", [("same", "zeros"), (1, "reflect"), (1, "circular")])
-def test_conv_string_padding_and_padding_modes(padding: object, mode: str) -> None:
+def test_conv_string_padding_and_padding_modes(padding: object, mode: str, conv_path: str) -> None:
     torch.manual_seed(4)
     layer = FeedbackConv2d(2, 3, 3, padding=padding, padding_mode=mode)
     ref = torch.nn.Conv2d(2, 3, 3, padding=padding, padding_mode=mode)
@@ -238,7 +293,7 @@ def test_conv_string_padding_and_padding_modes(padding: object, mode: str) -> No
     torch.testing.assert_close(gx, xp.grad)
 
 
-def test_conv_with_b_equal_w_is_backprop() -> None:
+def test_conv_with_b_equal_w_is_backprop(conv_path: str) -> None:
     torch.manual_seed(5)
     layer = FeedbackConv2d(3, 5, 3, stride=2, padding=1)
     layer.feedback = MatrixFeedback(layer.weight)

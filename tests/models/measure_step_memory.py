@@ -4,7 +4,11 @@ batch exist (so parameters, the input and torch itself are not counted). Prints 
 The peak is ``VmHWM`` of /proc/self/status, reset just before the steps (``clear_refs``): ``getrusage``'s
 ``ru_maxrss`` would not do, Linux carries the parent's peak across fork and exec into it.
 
-    python tests/models/measure_step_memory.py ARCH FAMILY C H W CLASSES BATCH RULE STEPS
+    python tests/models/measure_step_memory.py ARCH FAMILY C H W CLASSES BATCH RULE STEPS [MEMBERS]
+
+With MEMBERS (> 1) it builds a stack of that many jobs of RULE (seeds 0..M-1, as
+``bioscale.models.step_memory.job_specs``) and runs STEPS steps of every phase of the rule's first epoch
+(``trace_step``'s protocol); the base is then the RSS once the stack and its batch exist.
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ def main() -> None:
     from bioscale.spec import JobSpec
 
     info = DataShape(family, (int(c), int(h), int(w)), int(classes), 1, 1)
+    if len(sys.argv) > 10 and int(sys.argv[10]) > 1:
+        _stacked(arch, family, info, int(batch), rule_name, int(steps), int(sys.argv[10]))
+        return
     spec = JobSpec.model_validate({"dataset": "synthetic", "arch": arch, "rule": rule_name,
                                    "train": {"batch_size": int(batch)}})
     rule = build_rule(spec)
@@ -43,6 +50,25 @@ def main() -> None:
     base = _status_kib("VmRSS") * 1024
     for _ in range(int(steps)):
         rule.train_step(x, y)
+    peak = _status_kib("VmHWM") * 1024
+    print(json.dumps({"base": base, "peak": peak, "step_peak": peak - base}))
+
+
+def _stacked(arch: str, family: str, info: object, batch: int, rule_name: str, steps: int, members: int) -> None:
+    from bioscale.models.step_memory import job_specs
+    from bioscale.spec import ArchSpec
+    from bioscale.stack import Stack
+
+    stack = Stack.build(job_specs(ArchSpec(name=arch), "synthetic", rule_name, batch, members), info, "cpu")
+    stack.begin_epoch(0)
+    x = torch.randn(members, batch, *info.input_shape)
+    y = torch.randint(0, info.num_classes, (members, batch))
+    Path("/proc/self/clear_refs").write_text("5")
+    base = _status_kib("VmRSS") * 1024
+    for phase in stack.phases(0):
+        stack.begin_phase(phase)
+        for _ in range(steps):
+            stack.step(x, y)
     peak = _status_kib("VmHWM") * 1024
     print(json.dumps({"base": base, "peak": peak, "step_peak": peak - base}))
 
