@@ -15,7 +15,7 @@ tensors stacked on a new dim 0, so member m's solo ``state_dict`` is ``{k: v[m]}
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from bioscale.errors import BioscaleError
 from bioscale.layers import feedback as fb
 from bioscale.layers import inverse as inv
-from bioscale.layers.locally_connected import LocallyConnected2d
+from bioscale.layers.locally_connected import LocallyConnected2d, lc2d
 from bioscale.layers.random_features import RandomFeatures
 from bioscale.models.base import LayeredNet
 
@@ -180,15 +180,34 @@ class StackedLC2d(_FeedbackSwitch, nn.Module):
         self.bias = nn.Parameter(torch.empty(m, *lc.bias.shape)) if lc.bias is not None else None
         self.feedback = feedback
 
+    batched_on: ClassVar[tuple[str, ...]] = ("cuda",)
+    """Device types where the members go through one batched matmul (elsewhere ``_per_member``); the tests
+    add "cpu" to check that path on the CPU too."""
+
     def forward(self, x: Tensor) -> Tensor:
+        b = self._feedback(x, self.weight)
+        if x.device.type not in self.batched_on:
+            return self._per_member(x, b)
         m, n = x.shape[:2]
         oh, ow, o = self.weight.shape[1:4]
         cols = _unfold(x, self.kernel_size, self.stride, self.padding)
         w = self.weight.reshape(m, oh * ow, o, -1)
-        b = self._feedback(x, self.weight)
         out = torch.matmul(cols, w.transpose(-1, -2)) if b is None else feedback_matmul(cols, w, b.reshape(w.shape))
         out = out.permute(0, 2, 3, 1).reshape(m, n, o, oh, ow)  # [M, L, B, O] -> [M, B, O, oh, ow]
         return out if self.bias is None else out + self.bias.unsqueeze(1)
+
+
+    def _per_member(self, x: Tensor, b: Tensor | None) -> Tensor:
+        """On the CPU, member by member through the solo layer's ``lc2d``: it saves each input, not its unfolded
+        patches, and works one output position at a time in a cache-sized buffer, where the batched path
+        (one matmul over [M, positions, B, patch]) took 1.9x a solo layer's memory at M = 1 and ran at
+        0.3-0.55x its speed (benchmarks/bench_stack.py). A CPU gains nothing from batching members (issue 13:
+        the overhead a stack removes is ~13% of a CPU step); ``unbind`` gives all members one gradient node."""
+        m = x.shape[0]
+        biases = self.bias.unbind(0) if self.bias is not None else [None] * m
+        feedback = b.unbind(0) if b is not None else [None] * m
+        return torch.stack([lc2d(xm, w, bias, self.stride, self.padding, fm) for xm, w, bias, fm
+                            in zip(x.unbind(0), self.weight.unbind(0), biases, feedback, strict=True)])
 
 
 def _stack_op(op: nn.Module, m: int) -> nn.Module:

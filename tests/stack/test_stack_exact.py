@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from bioscale.stack.layers import StackedLC2d
 from tests.stack.cases import ARCHS, FC, SGD, check, specs
 
 pytestmark = pytest.mark.usefixtures("float64")
@@ -39,17 +40,29 @@ def test_dtp_batch_mean_alpha() -> None:
     check(specs("dtp", params={"alpha_convention": "batch_mean"}, per_member=("sigma", "alpha")), FC)
 
 
-@pytest.mark.parametrize("arch", ["lc", "conv"])
+@pytest.fixture
+def lc_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The stacked LC layer runs member by member on the CPU and as one batched matmul on a GPU: check both
+    here (the second by declaring the CPU a batching device)."""
+    if request.param == "batched":
+        monkeypatch.setattr(StackedLC2d, "batched_on", ("cpu", "cuda"))
+    return request.param
+
+
+LOCAL = [("lc", "per member"), ("lc", "batched"), ("conv", "per member")]
+
+
+@pytest.mark.parametrize(("arch", "lc_path"), LOCAL, indirect=["lc_path"])
 @pytest.mark.parametrize("rule", ["bp", "fa", "ss", "frsf", "brsf", "kp", "dfa", "dtp", "sdtp", "aosdtp"])
-def test_local_archs(rule: str, arch: str) -> None:
+def test_local_archs(rule: str, arch: str, lc_path: str) -> None:
     per_member = {"dtp": ("sigma", "alpha"), "sdtp": ("sigma",), "aosdtp": ("sigma",), "kp": ("decay",)}.get(rule, ())
     params = {"aux_units": 5} if rule == "aosdtp" else None
     info = ARCHS[arch][1]
     check(specs(rule, arch=arch, params=params, per_member=per_member), info)
 
 
-@pytest.mark.parametrize("arch", ["lc", "conv"])
-def test_local_archs_alternating(arch: str) -> None:
+@pytest.mark.parametrize(("arch", "lc_path"), LOCAL, indirect=["lc_path"])
+def test_local_archs_alternating(arch: str, lc_path: str) -> None:
     check(specs("dtp", arch=arch, params={"schedule": "alternating"}, per_member=("sigma", "alpha"),
                 inverse=list(reversed(SGD))), ARCHS[arch][1])
 

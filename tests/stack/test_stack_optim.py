@@ -27,8 +27,11 @@ SPECS = {
 SHAPES = [(4, 3), (5,), (2, 2, 3)]
 
 
+@pytest.mark.parametrize("flat_on", [("cuda",), ("cpu", "cuda")], ids=["per parameter", "flat"])
 @pytest.mark.parametrize("kind", list(SPECS))
-def test_matches_torch_per_member(kind: str) -> None:
+def test_matches_torch_per_member(kind: str, flat_on: tuple[str, ...], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both steps: per parameter (the CPU's) and flat (a GPU's), declared for the CPU here."""
+    monkeypatch.setattr(StackedOptimizer, "flat_on", flat_on)
     specs = SPECS[kind]
     m = len(specs)
     g = torch.Generator().manual_seed(0)
