@@ -20,7 +20,7 @@ def test_every_rule_names_the_paper_it_follows(name: str) -> None:
 
 @pytest.mark.parametrize(("name", "default", "paper"), [
     ("ss", "feedback_init='xiao'", "default scale as their code (feedback_init=xiao"),
-    ("dtp", "alpha_convention='per_example'", "alpha_convention per_example (the formula as printed"),
+    ("dtp", "alpha_convention='batch_mean'", "alpha_convention batch_mean (Lee's code"),
     ("kp", "decay_mode='per_step'", "Akrout et al. 2019 (decay per step"),
     ("fa", "feedback_dist='normal'", "drawn normal"),
 ])

@@ -23,7 +23,7 @@ RAW = {"dataset": {"name": "synthetic", "params": {"train_size": 192, "test_size
                                             "device": "cpu", "diagnostics_every": 1, "diagnostics_batch": 32}}
 
 
-def _jobs(rule: str = "fa", lrs=(1e-3, 3e-3), seeds=(0, 1), **extra) -> list[Job]:
+def _jobs(rule: str | dict = "fa", lrs=(1e-3, 3e-3), seeds=(0, 1), **extra) -> list[Job]:
     jobs = []
     for seed in seeds:
         for lr in lrs:
@@ -31,7 +31,7 @@ def _jobs(rule: str = "fa", lrs=(1e-3, 3e-3), seeds=(0, 1), **extra) -> list[Job
             raw.update(rule=rule, seed=seed, **extra)
             raw["optim"] = {**raw["optim"], "lr": lr}
             spec = resolve(raw)
-            jobs.append(Job("g", spec, f"{rule} s{seed} lr={lr}"))
+            jobs.append(Job("g", spec, f"{spec.rule.name} s{seed} lr={lr}"))
     return jobs
 
 
@@ -52,7 +52,9 @@ def _close(a: list[dict], b: list[dict]) -> None:
 
 @pytest.mark.parametrize("rule", ["fa", "dtp"])
 def test_every_member_records_what_its_solo_run_records(tmp_path: Path, rule: str) -> None:
-    jobs = _jobs(rule)
+    # dtp per_example: in float32 the default batch_mean step (alpha/32 per example) sits where Adam magnifies
+    # rounding, and stacked and solo drift ~1e-4 apart; its stacked step is exact in float64 (tests/stack)
+    jobs = _jobs({"name": "dtp", "params": {"alpha_convention": "per_example"}} if rule == "dtp" else rule)
     solo, stacked = Store(tmp_path / "solo"), Store(tmp_path / "stack")
     for job in jobs:
         assert run_job(job, solo).status == "done"

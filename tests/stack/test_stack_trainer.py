@@ -25,7 +25,11 @@ BASE = {
 }
 
 
-@pytest.mark.parametrize(("rule", "params"), [("brsf", {}), ("dtp", {"schedule": "alternating", "sigma": 0.3})])
+# float32 through the trainer: dtp's default batch_mean step (alpha/48 per example) sits where Adam magnifies
+# rounding, so stacked and solo drift apart by ~1e-4 in 2 epochs; per_example keeps this a test of the
+# trainer's plumbing (batch_mean's stacked step is exact in float64: tests/stack/test_stack_exact.py)
+@pytest.mark.parametrize(("rule", "params"), [
+    ("brsf", {}), ("dtp", {"schedule": "alternating", "sigma": 0.3, "alpha_convention": "per_example"})])
 def test_stack_trains_what_the_trainer_trains(tmp_path: Path, rule: str, params: dict) -> None:
     jobs = [Job("t", resolve({**BASE, "rule": {"name": rule, "params": {**params, **extra}}, "seed": seed,
                               "optim": {"lr": lr}}), "test")
