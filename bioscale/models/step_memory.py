@@ -112,9 +112,14 @@ def _fused_as_on_a_device(rule: Rule) -> None:
 @contextlib.contextmanager
 def _fused_checks_off() -> Iterator[None]:
     """torch.optim's Adam and SGD refuse ``fused`` on a meta parameter when they create its state (a device
-    check, ``_device_dtype_check_for_fused``, private): off for the trace only. Should a torch release rename
+    check, ``_device_dtype_check_for_fused``, private): off for the trace only; and a stack's optimiser takes
+    its fused path on meta as it does on a CPU or GPU. Should a torch release rename
     it, the trace still runs: the optimiser then steps as foreach (the estimate one parameter size high)."""
+    from bioscale.stack.optim import StackedOptimizer
+
     with contextlib.ExitStack() as stack:
+        # a stack's Adam steps member by member through the same fused kernel on a CPU or GPU
+        stack.enter_context(mock.patch.object(StackedOptimizer, "fused_on", (*StackedOptimizer.fused_on, "meta")))
         for module in ("torch.optim.adam", "torch.optim.sgd"):
             mod = importlib.import_module(module)
             if hasattr(mod, "_device_dtype_check_for_fused"):

@@ -2,13 +2,16 @@
 
 Hand-written because torch's optimisers take one scalar lr (betas, eps, weight decay, momentum) per param
 group, and a stacked parameter [M, ...] holds M members' weights in one tensor: a per-member group on a slice
-of it is impossible (groups hold whole tensors). So this applies torch's own update formulas
-(``torch.optim.Adam``/``SGD``, non-fused, non-amsgrad, dampening 0: the same update the fused kernels
-compute, rounded differently) with every hyperparameter a [M] vector broadcast over the member dimension, and
-each member's step count kept apart. A param group is updated at once: its gradients gathered into one
-[M, P] tensor, its moments kept in [M, P] buffers (each parameter's state a view), so a step is a dozen
-kernels per group whatever the number of parameters (a small net's step is launch-bound on a GPU). Per-member
-state converts to and from a solo optimiser's
+of it is impossible (groups hold whole tensors). Moments live in one [M, P] buffer per group (each
+parameter's state a view), each member's step count kept apart, and a step takes one of three paths:
+- flat (GPUs): torch's own update formulas (``torch.optim.Adam``/``SGD``, non-amsgrad, dampening 0: the
+  update the fused kernels compute, rounded differently) on the whole group at once, gradients gathered into
+  one [M, P] tensor and every hyperparameter an [M] vector: a dozen kernels per group whatever the number of
+  parameters (a small net's step is launch-bound on a GPU);
+- fused per member (Adam elsewhere): torch's fused Adam kernel on each member's slices, with its own
+  hyperparameters: exactly a solo ``impl: fused`` job's update, in one pass over memory;
+- per parameter (SGD elsewhere): the formulas parameter by parameter, with no group-sized temporaries.
+Per-member state converts to and from a solo optimiser's
 ``state_dict`` (``member_state_dict``/``load_member_state_dict``), so a member's checkpoint is the one its
 solo job would write.
 """
@@ -46,6 +49,12 @@ class StackedOptimizer:
     gradients and its temporaries are two parameter sizes of the whole group at once (1.5 GiB more for a
     stack of 2 CIFAR LC jobs), which a CPU pays for with nothing. Same formulas, elementwise: the same numbers;
     the tests add "cpu" to check the flat step too."""
+
+    fused_on: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+    """Device types where Adam, when not flat, steps member by member with torch's fused kernel
+    (``torch._fused_adam_``, what ``torch.optim.Adam(fused=True)`` calls) on the members' slices: one pass over
+    memory instead of the formula's ten (on the CPU it was most of a stacked CIFAR LC step), and a member at
+    the default ``impl: fused`` gets exactly its solo job's update. The tests check the other paths too."""
 
     def __init__(self, groups: list[StackedGroup], specs: list[OptimSpec]) -> None:
         if len({(s.name, s.nesterov) for s in specs}) != 1:
@@ -105,9 +114,12 @@ class StackedOptimizer:
                 continue
             self._ensure_state(g)
             states = [self.state[id(p)] for p in ps]
-            if (ps[0].device.type in self.flat_on and len(ps) == len(g.params) > 1
+            device = ps[0].device.type
+            if (device in self.flat_on and len(ps) == len(g.params) > 1
                     and all(st["step"] == states[0]["step"] for st in states)):
                 self._flat_step(g, ps, states)
+            elif self.name == "adam" and device in self.fused_on:
+                self._fused_adam_step(g, ps, states)
             else:  # not a flat device, or a parameter skipped a step before: step each on its own count
                 for p, st in zip(ps, states, strict=True):
                     st["step"] = [s + 1 for s in st["step"]]
@@ -124,6 +136,20 @@ class StackedOptimizer:
         delta = self._delta(grad, param, self._flat[id(g)], steps, g.lr)
         sizes = [p[0].numel() for p in ps]
         torch._foreach_sub_(ps, [d.view_as(p) for d, p in zip(delta.split(sizes, dim=1), ps, strict=True)])
+
+    def _fused_adam_step(self, g: StackedGroup, ps: list[Tensor], states: list[dict[str, Any]]) -> None:
+        """Member by member, torch's fused Adam on the members' (contiguous) slices of parameters, gradients
+        and moments, with that member's lr, betas, eps, weight decay and step counts (incremented first, as
+        torch does)."""
+        for st in states:
+            st["step"] = [s + 1 for s in st["step"]]
+        for m, spec in enumerate(self.specs):
+            torch._fused_adam_(
+                [p[m] for p in ps], [p.grad[m].contiguous() for p in ps], [st["exp_avg"][m] for st in states],
+                [st["exp_avg_sq"][m] for st in states], [],
+                [torch.tensor(float(st["step"][m]), dtype=torch.float32, device=ps[0].device) for st in states],
+                lr=g.lr[m], beta1=spec.betas[0], beta2=spec.betas[1], weight_decay=spec.weight_decay,
+                eps=spec.eps, amsgrad=False, maximize=False)
 
     def _decays(self) -> bool:
         return any(s.weight_decay for s in self.specs)

@@ -27,11 +27,17 @@ SPECS = {
 SHAPES = [(4, 3), (5,), (2, 2, 3)]
 
 
-@pytest.mark.parametrize("flat_on", [("cuda",), ("cpu", "cuda")], ids=["per parameter", "flat"])
+PATHS = {"fused per member": (("cuda",), ("cpu", "cuda")), "flat": (("cpu", "cuda"), ("cpu", "cuda")),
+         "per parameter": (("cuda",), ())}
+"""(flat_on, fused_on): the CPU's step (Adam fused member by member, SGD per parameter), a GPU's flat step and
+the per-parameter formula, each declared for the CPU here."""
+
+
+@pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("kind", list(SPECS))
-def test_matches_torch_per_member(kind: str, flat_on: tuple[str, ...], monkeypatch: pytest.MonkeyPatch) -> None:
-    """Both steps: per parameter (the CPU's) and flat (a GPU's), declared for the CPU here."""
-    monkeypatch.setattr(StackedOptimizer, "flat_on", flat_on)
+def test_matches_torch_per_member(kind: str, path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(StackedOptimizer, "flat_on", PATHS[path][0])
+    monkeypatch.setattr(StackedOptimizer, "fused_on", PATHS[path][1])
     specs = SPECS[kind]
     m = len(specs)
     g = torch.Generator().manual_seed(0)
@@ -95,3 +101,26 @@ def test_members_must_share_the_optimiser() -> None:
     p = torch.zeros(2, 3)
     with pytest.raises(BioscaleError, match="share"):
         StackedOptimizer([StackedGroup([p], [1.0, 1.0], [1.0, 1.0])], [OptimSpec(), OptimSpec(name="sgd")])
+
+
+def test_a_member_at_the_default_fused_impl_gets_its_solo_update_bitwise() -> None:
+    """On the CPU each member steps through torch's fused Adam kernel, so in float32 its parameters equal a
+    solo ``impl: fused`` optimiser's exactly (the formula path agrees only to rounding)."""
+    specs = [OptimSpec(lr=1e-2), OptimSpec(lr=3e-3, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.01)]
+    g = torch.Generator().manual_seed(1)
+    stacked = [torch.randn(2, *s, generator=g, dtype=torch.float32) for s in SHAPES]
+    solo = [[t[i].clone().requires_grad_() for t in stacked] for i in range(2)]
+    torch_opts = [build_optimizer([{"params": ps}], sp) for ps, sp in zip(solo, specs, strict=True)]
+    opt = StackedOptimizer([StackedGroup(stacked, [s.lr for s in specs], [s.lr for s in specs])], specs)
+    for _ in range(5):
+        grads = [torch.randn(2, *s, generator=g, dtype=torch.float32) for s in SHAPES]
+        for p, gr in zip(stacked, grads, strict=True):
+            p.grad = gr
+        opt.step()
+        for i, (o, ps) in enumerate(zip(torch_opts, solo, strict=True)):
+            for p, gr in zip(ps, grads, strict=True):
+                p.grad = gr[i].clone()
+            o.step()
+    for i in range(2):
+        for k, p in enumerate(stacked):
+            assert torch.equal(p[i], solo[i][k].detach()), (i, k)
