@@ -11,8 +11,9 @@ loss the sum of the members' batch-mean losses (so each member's gradient is its
 sigma/alpha/KP decay as [M] vectors, each member's random draws (brSF's redraws, TP's noise) from its own
 saved generator state (``bioscale.stack.rng``), and one optimiser step with per-member lr, betas, eps,
 weight decay, momentum and lr schedule (``bioscale.stack.optim``: torch's optimisers take one scalar per
-group; Adam runs torch's fused kernel member by member, or one flat formula step per group on a GPU). In float64 each member follows its solo run to within 1e-10 over several steps (most rules
-~1e-15; sign-symmetry under Adam ~1e-10, Adam's normalisation magnifying rounding in near-zero gradients: 2e-16
+group; Adam runs torch's fused kernel member by member, or one flat formula step per group on a GPU). In
+float64 each member follows its solo run to within 1e-10 over several steps (most rules ~1e-15;
+sign-symmetry under Adam ~1e-10, Adam's normalisation magnifying rounding in near-zero gradients: 2e-16
 under SGD), checked against the solo rule code in tests/stack.
 
 Member m's solo state (model ``state_dict``, the rule's optimiser state in torch's format, its generator
