@@ -272,10 +272,11 @@ def linear_feedback(x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Te
     A 2-d input (every FC net's batch) takes the plain op: ``F.linear`` records one addmm (mm without bias)
     node, which saves x for W's gradient and W^T for x's; a saved-tensor hook (torch's documented
     ``grad_fn._raw_saved_*.register_hooks``) swaps the saved W^T for B^T, so torch's own C++ backward computes
-    grad_x = grad_y B and grad_W = grad_y^T x. A Python ``autograd.Function`` per layer cost fa/ss ~6% of a
-    step on the paper's 256-wide MNIST FC net (its fixed per-call cost; issue 13); the hook costs two small
-    Python calls. An input that needs no gradient (a net's first layer) needs no B at all. Other shapes and
-    traced code (``torch.compile``) use ``_LinearFeedback``.
+    grad_x = grad_y B and grad_W = grad_y^T x. On the paper's 256-wide MNIST FC net a Python
+    ``autograd.Function`` per layer made fa cost 1.04-1.075x bp's step, the hook (two small Python calls)
+    1.03x, most of the rest reading B (benchmarks/bench_backward_rules.py; issue 13). An input that needs no
+    gradient (a net's first layer) needs no B at all. Other shapes and traced code (``torch.compile``) use
+    ``_LinearFeedback``.
     """
     if not x.requires_grad:
         return F.linear(x, weight, bias)
