@@ -18,7 +18,6 @@ import contextlib
 import importlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from unittest import mock
 
 import torch
@@ -27,9 +26,6 @@ from bioscale.data.base import DataShape
 from bioscale.errors import BioscaleError
 from bioscale.models.summary import LiveBytes, fmt_bytes
 from bioscale.spec import ArchSpec, JobSpec
-
-if TYPE_CHECKING:
-    from bioscale.rules.base import Rule
 
 
 @dataclass(frozen=True)
@@ -73,7 +69,7 @@ def trace_step(arch: ArchSpec, dataset: str, info: DataShape, rule: str, batch_s
     meta = torch.device("meta")
     lead = (members,) if members > 1 else ()
     tracker = LiveBytes()
-    with tracker:
+    with tracker, _fused_as_on_a_device():
         with meta:
             if members > 1:
                 stack = Stack.build(specs, info, meta)
@@ -87,43 +83,31 @@ def trace_step(arch: ArchSpec, dataset: str, info: DataShape, rule: str, batch_s
         x = torch.zeros((*lead, batch_size, *info.input_shape), device=meta)
         y = torch.zeros((*lead, batch_size), dtype=torch.long, device=meta)
         held = tracker.live_bytes
-        with _fused_checks_off():
-            if members == 1:
-                _fused_as_on_a_device(member.rule)
-            for phase in phases(0):
-                begin_phase(phase)
-                for _ in range(2):
-                    step(x, y)
+        for phase in phases(0):
+            begin_phase(phase)
+            for _ in range(2):
+                step(x, y)
     return StepMemory(rule, members, batch_size, held, tracker.peak)
 
 
-def _fused_as_on_a_device(rule: Rule) -> None:
-    """Step as on a CPU or GPU: there the default ``impl: fused`` runs torch's ``_fused_adam_``/``_fused_sgd_``,
-    which make no parameter-sized temporaries; on meta ``bioscale.optim.impl_flags`` falls back to foreach
-    (torch lists no fused kernels for meta), whose Adam makes one (sqrt of the second moment: +1 parameter
-    size, 25% too much for an FC net). The fused ops have meta kernels, so the groups get the flags a real
-    device gets (as ``optim.use_impl`` sets them); ``_fused_checks_off`` lets the first step create the state."""
-    for name, opt in rule.optimizers.items():
-        if rule.optim_spec(name).impl == "fused":
-            for group in opt.param_groups:
-                group.update(fused=True, foreach=None)
-
-
 @contextlib.contextmanager
-def _fused_checks_off() -> Iterator[None]:
-    """torch.optim's Adam and SGD refuse ``fused`` on a meta parameter when they create its state (a device
-    check, ``_device_dtype_check_for_fused``, private): off for the trace only; and a stack's optimiser takes
-    its fused path on meta as it does on a CPU or GPU. Should a torch release rename
-    it, the trace still runs: the optimiser then steps as foreach (the estimate one parameter size high)."""
+def _fused_as_on_a_device() -> Iterator[None]:
+    """Build and step optimisers as on a CPU or GPU, where the default ``impl: fused`` runs torch's
+    ``_fused_adam_``/``_fused_sgd_`` (no parameter-sized temporaries; foreach Adam makes one, 25% too much
+    for an FC net) and a stack's Adam runs that kernel member by member. torch lists no fused kernels for
+    meta, so ``bioscale.optim.impl_flags`` and torch's own check would fall back to foreach; the fused ops do
+    have meta kernels. So for the trace only, meta joins the list both of them read (torch's private
+    ``_get_fused_kernels_supported_devices``; should a release rename it, the trace still runs, as foreach,
+    one parameter size high) and the stacked optimiser's ``fused_on``."""
     from bioscale.stack.optim import StackedOptimizer
 
+    optimizer = importlib.import_module("torch.optim.optimizer")
     with contextlib.ExitStack() as stack:
-        # a stack's Adam steps member by member through the same fused kernel on a CPU or GPU
         stack.enter_context(mock.patch.object(StackedOptimizer, "fused_on", (*StackedOptimizer.fused_on, "meta")))
-        for module in ("torch.optim.adam", "torch.optim.sgd"):
-            mod = importlib.import_module(module)
-            if hasattr(mod, "_device_dtype_check_for_fused"):
-                stack.enter_context(mock.patch.object(mod, "_device_dtype_check_for_fused", lambda *a, **k: None))
+        devices = getattr(optimizer, "_get_fused_kernels_supported_devices", None)
+        if devices is not None:
+            stack.enter_context(mock.patch.object(optimizer, "_get_fused_kernels_supported_devices",
+                                                  lambda: [*devices(), "meta"]))
         yield
 
 

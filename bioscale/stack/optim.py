@@ -8,9 +8,10 @@ parameter's state a view), each member's step count kept apart, and a step takes
   update the fused kernels compute, rounded differently) on the whole group at once, gradients gathered into
   one [M, P] tensor and every hyperparameter an [M] vector: a dozen kernels per group whatever the number of
   parameters (a small net's step is launch-bound on a GPU);
-- fused per member (Adam elsewhere): torch's fused Adam kernel on each member's slices, with its own
+- fused per member (Adam on the CPU): torch's fused Adam kernel on each member's slices, with its own
   hyperparameters: exactly a solo ``impl: fused`` job's update, in one pass over memory;
-- per parameter (SGD elsewhere): the formulas parameter by parameter, with no group-sized temporaries.
+- per parameter (the rest: SGD, and a GPU group that cannot step flat): the formulas parameter by parameter,
+  with no group-sized temporaries.
 Per-member state converts to and from a solo optimiser's
 ``state_dict`` (``member_state_dict``/``load_member_state_dict``), so a member's checkpoint is the one its
 solo job would write.
@@ -50,11 +51,13 @@ class StackedOptimizer:
     stack of 2 CIFAR LC jobs), which a CPU pays for with nothing. Same formulas, elementwise: the same numbers;
     the tests add "cpu" to check the flat step too."""
 
-    fused_on: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+    fused_on: ClassVar[tuple[str, ...]] = ("cpu",)
     """Device types where Adam, when not flat, steps member by member with torch's fused kernel
     (``torch._fused_adam_``, what ``torch.optim.Adam(fused=True)`` calls) on the members' slices: one pass over
     memory instead of the formula's ten (on the CPU it was most of a stacked CIFAR LC step), and a member at
-    the default ``impl: fused`` gets exactly its solo job's update. The tests check the other paths too."""
+    the default ``impl: fused`` gets exactly its solo job's update. Not on a GPU: its step counts would be M x
+    P small host-to-device copies a step (a GPU steps flat; a group that cannot takes the formulas). The
+    tests check the other paths too."""
 
     def __init__(self, groups: list[StackedGroup], specs: list[OptimSpec]) -> None:
         if len({(s.name, s.nesterov) for s in specs}) != 1:

@@ -27,7 +27,7 @@ SPECS = {
 SHAPES = [(4, 3), (5,), (2, 2, 3)]
 
 
-PATHS = {"fused per member": (("cuda",), ("cpu", "cuda")), "flat": (("cpu", "cuda"), ("cpu", "cuda")),
+PATHS = {"fused per member": (("cuda",), ("cpu",)), "flat": (("cpu", "cuda"), ("cpu",)),
          "per parameter": (("cuda",), ())}
 """(flat_on, fused_on): the CPU's step (Adam fused member by member, SGD per parameter), a GPU's flat step and
 the per-parameter formula, each declared for the CPU here."""
