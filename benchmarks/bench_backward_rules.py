@@ -1,13 +1,17 @@
 """Step time of the feedback-alignment family relative to backprop: same net, same batch, same optimiser.
 
     python benchmarks/bench_backward_rules.py [--quick] [--threads N] [--device cpu|cuda] [--rounds R]
-        [--clock wall|cpu] [--rules fa,ss,...]
+        [--clock wall|cpu] [--rules fa,ss,...] [--nets fc256,mlp128,mlp1024,conv]
 
 One "step" is the rule's whole ``train_step`` (forward, loss, the rule's backward, Adam step and the rule's
 hooks). ``--clock cpu`` times this process's CPU time instead of elapsed time, for shared machines.
 Rules are timed in many short interleaved rounds (every rule a few steps per round, in a rotating
 order) so that load from other processes hits them alike; a rule's ratio is the median over rounds of its
 step time divided by bp's in the same round, and the bp column is bp's median step time.
+
+``fa=W`` (not a rule: a probe) is fa with every B the layer's own W: it computes backprop through the
+feedback layers' machinery (torch's node with the saved W swapped for "B"), so fa=W/bp is what that
+machinery costs, fa/fa=W what reading a separate B costs, and ss/fa what computing sign(W) * scale costs.
 
 Nets: Bartunov et al.'s MNIST FC net 784-256x5-10 at batch 128, the MLP 784-1024-1024-10 (tanh) at batch
 128 and 1024, and a small conv net (Table 3's MNIST
@@ -25,11 +29,24 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from bioscale.layers.feedback import is_feedback_layer
 from bioscale.models.base import Layer, LayeredNet, glorot_
 from bioscale.rules.base import BackwardRule
 from bioscale.rules.bp import BP
 from bioscale.rules.feedback import BRSF, DFA, FA, FRSF, BackwardParams, KolenPollack, KPParams, SignSymmetry
 from bioscale.spec import OptimSpec
+
+
+class _FAOwnWeight(FA):
+    """The ``fa=W`` probe: fa's layers with B = W (their own weight, shared, not a copy)."""
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        model = super().prepare(model)
+        for layer in model.modules():
+            if is_feedback_layer(layer):
+                layer.feedback.matrix = layer.weight.detach()
+        return model
+
 
 RULES: dict[str, Callable[[], BackwardRule]] = {
     "bp": lambda: BP(BackwardParams(), OptimSpec()),
@@ -39,6 +56,7 @@ RULES: dict[str, Callable[[], BackwardRule]] = {
     "brsf": lambda: BRSF(BackwardParams(), OptimSpec()),
     "kp": lambda: KolenPollack(KPParams(), OptimSpec()),
     "dfa": lambda: DFA(BackwardParams(), OptimSpec()),
+    "fa=W": lambda: _FAOwnWeight(BackwardParams(), OptimSpec()),
 }
 
 
@@ -70,6 +88,14 @@ def convnet() -> LayeredNet:
         Layer(f1, nn.Tanh(), (64, 7, 7), (1024,), flatten=True),
         Layer(f2, None, (1024,), (10,)),
     ])
+
+
+CASES: dict[str, tuple[str, Callable[[], LayeredNet], int]] = {
+    "fc256": ("MNIST FC 784-256x5-10", mnist_fc, 128),
+    "mlp128": ("MLP 784-1024-1024-10", mlp, 128),
+    "mlp1024": ("MLP 784-1024-1024-10", mlp, 1024),
+    "conv": ("conv 32-64-FC1024", convnet, 128),
+}
 
 
 def bench(make_net: Callable[[], LayeredNet], batch: int, rules: list[str], device: torch.device,
@@ -119,6 +145,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--rules", default=",".join(RULES))
+    ap.add_argument("--nets", default=",".join(CASES), help="which nets (default: all)")
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="cpu: this process's CPU time (all threads), robust to a machine shared with other "
                          "jobs; wall: elapsed time (use on a GPU or an idle machine)")
@@ -130,8 +157,7 @@ def main() -> None:
     if "bp" not in rules:
         rules = ["bp", *rules]
     rounds = args.rounds or (6 if args.quick else 30)
-    cases = [("MNIST FC 784-256x5-10", mnist_fc, 128), ("MLP 784-1024-1024-10", mlp, 128),
-             ("MLP 784-1024-1024-10", mlp, 1024), ("conv 32-64-FC1024", convnet, 128)]
+    cases = [CASES[n] for n in args.nets.split(",")]
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     print(f"device={device} threads={torch.get_num_threads()} rounds={rounds} clock={args.clock} "
           f"torch={torch.__version__}")

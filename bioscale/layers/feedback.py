@@ -120,7 +120,7 @@ class MatrixFeedback(nn.Module):
         return self.matrix
 
     def for_step(self, weight: Tensor) -> Tensor:
-        return self.matrix
+        return self._buffers["matrix"]  # type: ignore[return-value]  # the dict, not Module.__getattr__: per step
 
 
 class _SignBase(nn.Module):
@@ -142,6 +142,7 @@ class _SignBase(nn.Module):
         super().__init__()
         ws = torch.empty_like(weight, memory_format=torch.contiguous_format) if weight is not None else None
         self.register_buffer("workspace", ws, persistent=False)
+        self._filled_for: tuple[Any, ...] | None = None
 
     def _apply_sign(self, sign: Tensor) -> Tensor:
         raise NotImplementedError
@@ -150,18 +151,23 @@ class _SignBase(nn.Module):
         return self._apply_sign(torch.sign(weight.detach()))
 
     def for_step(self, weight: Tensor) -> Tensor:
-        if self.workspace is None or self.workspace.shape != weight.shape or self.workspace.dtype != weight.dtype:
+        ws = self._buffers["workspace"]  # the dicts, not Module.__getattr__: this runs per layer per step
+        if ws is None or torch.compiler.is_compiling():  # a traced graph recomputes B each call, as a fresh
+            return self(weight)  # value: writing into the workspace would be a buffer mutation (no CUDA graphs)
+        # an optimiser step changes W: a fused one without bumping W's version, hence the step count; the
+        # workspace's own pointer and version catch a moved (``.to``) or overwritten workspace
+        key = (optim.steps(), weight.data_ptr(), weight._version, ws.data_ptr(), ws._version, self._versions())
+        if key == self._filled_for:
+            return ws
+        if ws.shape != weight.shape or ws.dtype != weight.dtype:
             return self(weight)
-        if torch.compiler.is_compiling():  # a traced graph recomputes B each call, as a fresh value: writing
-            return self(weight)  # into the workspace would be a buffer mutation, which stops CUDA graphs
-        # an optimiser step changes W: a fused one without bumping W's version, hence the step count
-        key = (optim.steps(), weight.data_ptr(), weight._version,
-               *(b._version for n, b in self.named_buffers(recurse=False) if n != "workspace"))
-        if key == getattr(self, "_filled_for", None):
-            return self.workspace
-        out = self._apply_sign(torch.sign(weight.detach(), out=self.workspace))
-        self._filled_for = key
+        out = self._apply_sign(torch.sign(weight.detach(), out=ws))
+        self._filled_for = (*key[:4], ws._version, key[5])
         return out
+
+    def _versions(self) -> tuple[int, ...]:
+        """Where and at which version the module's own tensors that B depends on besides W are (none here)."""
+        return ()
 
 
 class SignFeedback(_SignBase):
@@ -198,6 +204,10 @@ class SignMagnitudeFeedback(_SignBase):
 
     def redraw_(self) -> None:
         draw_feedback_(self.magnitude, self.init, self.dist).abs_()
+
+    def _versions(self) -> tuple[int, ...]:
+        magnitude = self._buffers["magnitude"]
+        return (magnitude.data_ptr(), magnitude._version)  # type: ignore[union-attr]
 
     def _apply_sign(self, sign: Tensor) -> Tensor:
         return sign.mul_(self.magnitude)
@@ -282,9 +292,14 @@ def linear_feedback(x: Tensor, weight: Tensor, bias: Tensor | None, feedback: Te
         return F.linear(x, weight, bias)
     if x.dim() != 2 or torch.compiler.is_compiling():
         return _LinearFeedback.apply(x, weight, bias, feedback.detach())
+    return _linear_swapped(x, weight, bias, feedback.detach().t())
+
+
+def _linear_swapped(x: Tensor, weight: Tensor, bias: Tensor | None, feedback_t: Tensor) -> Tensor:
+    """``linear_feedback``'s eager path for a 2-d ``x`` that needs a gradient, given B^T (no grad)."""
     out = F.linear(x, weight, bias)
     if out.grad_fn is not None:  # None only when nothing needs a gradient
-        _swap_saved(out.grad_fn._raw_saved_mat2, feedback.detach().t())
+        _swap_saved(out.grad_fn._raw_saved_mat2, feedback_t)
     return out
 
 
@@ -353,10 +368,11 @@ class FeedbackMixin:
     def _feedback_for(self, x: Tensor) -> Tensor:
         """B for this training step when the input gradient is needed; else W as a stand-in that backward
         never reads (so the first layer of a net, whose input is data, never builds sign(W) * scale)."""
+        weight, feedback = self.weight, self.feedback
         if not x.requires_grad:
-            return self.weight
-        for_step = getattr(self.feedback, "for_step", None)
-        return for_step(self.weight) if for_step is not None else self.feedback(self.weight)
+            return weight
+        for_step = getattr(feedback, "for_step", None)
+        return for_step(weight) if for_step is not None else feedback(weight)
 
 
 def _default_feedback(weight: Tensor, feedback: nn.Module | None) -> nn.Module:
@@ -371,11 +387,22 @@ class FeedbackLinear(FeedbackMixin, nn.Linear):
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self.feedback = _default_feedback(self.weight, feedback)
         self.use_backprop = False
+        self._feedback_t: tuple[Tensor, Tensor] | None = None
 
     def forward(self, x: Tensor) -> Tensor:
-        if self._feedback_active():
-            return linear_feedback(x, self.weight, self.bias, self._feedback_for(x))
-        return F.linear(x, self.weight, self.bias)
+        weight, bias = self.weight, self.bias
+        if not (x.requires_grad and self._feedback_active()):
+            return F.linear(x, weight, bias)
+        b = self._feedback_for(x)
+        if x.dim() != 2 or b.requires_grad or torch.compiler.is_compiling():
+            return linear_feedback(x, weight, bias, b)
+        # B^T is a view made once per B tensor (a stored B, a sign workspace), not once per step: this path
+        # runs per layer per step, and on the paper's 256-wide nets each microsecond is ~0.1% of a step. The
+        # pointer check keeps a copied module (deepcopy, pickle) from using a copy that is no view of its B.
+        cached = self._feedback_t
+        if cached is None or cached[0] is not b or cached[1].data_ptr() != b.data_ptr():
+            cached = self._feedback_t = (b, b.t())
+        return _linear_swapped(x, weight, bias, cached[1])
 
 
 class FeedbackConv2d(FeedbackMixin, nn.Conv2d):

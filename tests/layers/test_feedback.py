@@ -132,6 +132,45 @@ def test_sign_workspace_follows_every_optimiser_step(impl: str) -> None:
     assert flips > 0  # the check above saw W's signs change between steps
 
 
+@pytest.mark.parametrize("kind", ["matrix", "sign", "sign_magnitude"])
+def test_the_per_step_caches_follow_b_however_it_changes(kind: str) -> None:
+    """The 2-d path caches B^T (a view) per B tensor and the sign sources refill their workspace only when
+    something changed: every way B can change between steps must reach the next step's input gradient."""
+    import copy
+
+    torch.manual_seed(5)
+    layer = FeedbackLinear(6, 3, feedback=_sources(torch.empty(3, 6))[kind])
+    x, g = torch.randn(4, 6), torch.randn(4, 3)
+
+    def check(layer: FeedbackLinear) -> None:
+        expected = g @ layer.feedback(layer.weight)  # B from the source's own formula, computed afresh
+        torch.testing.assert_close(_grads(layer, x, g)[0], expected, rtol=0, atol=1e-12)
+
+    check(layer)
+    own = {"matrix": "matrix", "sign_magnitude": "magnitude"}.get(kind)
+    if own is not None:  # an in-place change of the source's own tensor (Kolen-Pollack's update, brSF's redraw)
+        with torch.no_grad():
+            getattr(layer.feedback, own).mul_(-2.0)
+        check(layer)
+    with torch.no_grad():
+        layer.weight.mul_(-1.0)
+    check(layer)
+    copied = copy.deepcopy(layer)  # a copy, then changed: the copy's own B, not the original's
+    with torch.no_grad():
+        copied.weight.add_(torch.randn(3, 6))
+        if kind == "matrix":
+            copied.feedback.matrix.add_(torch.randn(3, 6))
+    check(copied)
+    check(layer)
+    if kind == "matrix":  # a replaced buffer
+        layer.feedback.matrix = torch.randn(3, 6)
+        check(layer)
+    layer.to(torch.float32)  # moved/converted: new tensors for W and every buffer
+    x, g = x.float(), g.float()
+    expected = g @ layer.feedback(layer.weight)
+    torch.testing.assert_close(_grads(layer, x, g)[0], expected, rtol=0, atol=1e-6)
+
+
 def test_sign_magnitude_feedback_is_abs_m_times_sign_w_and_redraws() -> None:
     torch.manual_seed(1)
     w = torch.randn(4, 3)
