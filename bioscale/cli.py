@@ -713,12 +713,15 @@ def arch_summary(
         help="Also trace this rule's own training step (its feedback, inverses and optimisers).")] = None,
     stack: Annotated[int, typer.Option(
         help="Also trace a stack of this many jobs of --rule (bp if not given), as `bioscale run --stack`.")] = 1,
+    device: Annotated[str, typer.Option(
+        help="Trace --rule/--stack on the code paths of this device: cuda (a GPU: a stack's batched LC layer "
+             "and flat optimiser step) or cpu.")] = "cuda",
 ) -> None:
     """Layers, output shapes, parameter count and the memory one training step needs (computed, nothing
     is allocated: check before a run whether a net, or a stack of jobs, fits your GPU)."""
     from bioscale.models.summary import describe_arch
 
-    out.print(describe_arch(name, dataset, batch_size, param or [], rule, stack), highlight=False)
+    out.print(describe_arch(name, dataset, batch_size, param or [], rule, stack, device), highlight=False)
 
 
 @app.command("list")

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from bioscale import cadence, claims, interrupts, threads
+from bioscale import cadence, claims, interrupts, stack_fit, threads
 from bioscale.data import LoaderSettings, load_data
 from bioscale.data.loaders import first_batch
 from bioscale.interrupts import Interrupted
@@ -73,14 +73,25 @@ class _NotStacked(Exception):
     """The members cannot train together (they resume from different epochs): run each alone."""
 
 
+class _TooLarge(Exception):
+    """The stack would not fit the device's memory (``bioscale.stack_fit``): run it as smaller stacks."""
+
+    def __init__(self, fit: Any, size: int) -> None:
+        super().__init__(fit.note(size))
+        self.fit = fit
+
+
 def run_stack(jobs: list[Job], store: Store, on_progress: ProgressFn | None = None,
-              lease_timeout: float = claims.DEFAULT_TIMEOUT_S) -> list[JobResult]:
+              lease_timeout: float = claims.DEFAULT_TIMEOUT_S, note: str | None = None) -> list[JobResult]:
     """Claim, run (or resume) and record the jobs of one stack; a result per job, in order (see the module
-    docstring). One job, or jobs that turn out not to stack, run alone through ``bioscale.train.run_job``."""
+    docstring). One job, or jobs that turn out not to stack, run alone through ``bioscale.train.run_job``; a
+    stack too large for the device's memory runs as smaller stacks, one after the other, each member's result
+    saying so (``note``)."""
     if len(jobs) == 1:
-        return [run_job(jobs[0], store, on_progress, lease_timeout)]
+        return [run_job(jobs[0], store, on_progress, lease_timeout, note)]
     results: dict[str, JobResult] = {}
     alone: list[Job] = []
+    parts: list[list[Job]] = []
     with contextlib.ExitStack() as held:
         members: list[_Member] = []
         for job in jobs:
@@ -117,19 +128,29 @@ def run_stack(jobs: list[Job], store: Store, on_progress: ProgressFn | None = No
             alone = [members[0].job]
         elif members:
             try:
-                results.update(_StackRun(members).fit())
+                results.update(_StackRun(members, note).fit())
             except _NotStacked:
                 alone = [m.job for m in members]
+            except _TooLarge as exc:
+                from bioscale.stack_groups import plan_stacks
+
+                parts = plan_stacks([m.job for m in members], exc.fit.members)
+                note = str(exc)
     for job in alone:  # released above: each claims itself again
         results[job.job_id] = run_job(job, store, on_progress, lease_timeout)
+    for part in parts:  # likewise
+        part_results = (run_stack(part, store, on_progress, lease_timeout, note) if len(part) > 1
+                        else [run_job(part[0], store, on_progress, lease_timeout, note)])
+        results.update((job.job_id, r) for job, r in zip(part, part_results, strict=True))
     return [results[job.job_id] for job in jobs]
 
 
 class _StackRun:
     """One stack's training, from building the members to recording their results."""
 
-    def __init__(self, members: list[_Member]) -> None:
+    def __init__(self, members: list[_Member], note: str | None = None) -> None:
         self.members = members
+        self.note = note
         self.ids = [m.job.job_id for m in members]
         self.interrupted: Interrupted | None = None
 
@@ -148,7 +169,11 @@ class _StackRun:
         self.batches = StackedLoader(member_loaders(data.train, [m.job.spec.seed for m in self.members]))
         for m in self.members:
             m.trainer.device = device
-        stack = Stack.build([m.job.spec for m in self.members], data.info, device)
+        specs = [m.job.spec for m in self.members]
+        fit = stack_fit.members_that_fit(specs, data.info, device)
+        if fit.members < len(specs):
+            raise _TooLarge(fit, len(specs))
+        stack = Stack.build(specs, data.info, device)
         starts = []
         for i, (m, built) in enumerate(zip(self.members, stack.members, strict=True)):
             built.rule.task = m.trainer.task
@@ -170,7 +195,7 @@ class _StackRun:
         results: dict[str, JobResult] = {}
         try:
             self._fit()
-        except _NotStacked:
+        except (_NotStacked, _TooLarge):
             raise
         except Interrupted as exc:  # resumable: every finished epoch of every member is on disk
             self.interrupted = exc
@@ -324,8 +349,9 @@ class _StackRun:
             m.trainer.log.close()
             return result
         t = m.trainer
-        if t.restart_note:
-            result.error = f"{result.error}\n{t.restart_note}" if result.error else t.restart_note
+        for note in (t.restart_note, self.note):
+            if note:
+                result.error = f"{result.error}\n{note}" if result.error else note
         log_note = t.log.close(result)
         if log_note:
             result.error = f"{result.error}\n{log_note}" if result.error else log_note

@@ -88,8 +88,8 @@ class LeaseLost(Exception):
 
 
 def run_job(job: Job, store: Store, on_progress: ProgressFn | None = None,
-            lease_timeout: float = claims.DEFAULT_TIMEOUT_S) -> JobResult:
-    """Claim, run (or resume) and record one job.
+            lease_timeout: float = claims.DEFAULT_TIMEOUT_S, note: str | None = None) -> JobResult:
+    """Claim, run (or resume) and record one job; ``note`` goes into its result (why it ran alone).
 
     A failure is recorded, never raised, so the other jobs go on; so is a job directory that cannot be
     written. A job another process holds is left alone (returned as ``running``, nothing written). An
@@ -117,7 +117,7 @@ def run_job(job: Job, store: Store, on_progress: ProgressFn | None = None,
         return _decided(group, JobResult(job_id=job.job_id, grid=job.grid, status="running",
                                          error=f"held by another process{where}; left alone"))
     with claim:
-        return _run_claimed(job, jdir, claim, on_progress, group)
+        return _run_claimed(job, jdir, claim, on_progress, group, note)
 
 
 def _decided(group: distributed.Group | None, result: JobResult) -> JobResult:
@@ -146,7 +146,7 @@ def _follow(job: Job, jdir: JobDir, group: distributed.Group) -> JobResult:
 
 
 def _run_claimed(job: Job, jdir: JobDir, claim: claims.Claim, on_progress: ProgressFn | None,
-                 group: distributed.Group | None = None) -> JobResult:
+                 group: distributed.Group | None = None, note: str | None = None) -> JobResult:
     jdir.clean_temporary()  # what a kill left behind; safe now that this process holds the job
     previous = jdir.finished()
     if previous is not None:
@@ -186,8 +186,9 @@ def _run_claimed(job: Job, jdir: JobDir, claim: claims.Claim, on_progress: Progr
         result = trainer.partial_result("failed")
         tb = traceback.format_exc(limit=-3)
         result.error = f"{type(exc).__name__}: {exc}\n{tb}"
-    if trainer.restart_note:
-        result.error = f"{result.error}\n{trainer.restart_note}" if result.error else trainer.restart_note
+    for extra in (trainer.restart_note, note):
+        if extra:
+            result.error = f"{result.error}\n{extra}" if result.error else extra
     log_note = trainer.log.close(result)  # TensorBoard, W&B (bioscale.logsinks): a failing sink is a note
     if log_note:
         result.error = f"{result.error}\n{log_note}" if result.error else log_note

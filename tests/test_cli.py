@@ -120,7 +120,11 @@ def test_arch_summary() -> None:
     assert bad.returncode == 2 and "Did you mean 'lc'" in bad.stderr
     proc = bioscale("arch", "summary", "fc", "--rule", "fa", "--stack", "4")
     assert proc.returncode == 0, proc.stderr
-    assert "memory of a stack of 4 fa jobs, batch 128 each" in proc.stdout and "4 jobs alone" in proc.stdout
+    assert "memory of a stack of 4 fa jobs on a GPU, batch 128 each" in proc.stdout and "4 jobs alone" in proc.stdout
+    proc = bioscale("arch", "summary", "fc", "--rule", "fa", "--device", "cpu")
+    assert proc.returncode == 0 and "memory of one fa job on the CPU" in proc.stdout
+    bad = bioscale("arch", "summary", "fc", "--rule", "fa", "--device", "tpu")
+    assert bad.returncode == 2 and "'cpu' or a 'cuda' device" in bad.stderr and "Traceback" not in bad.stderr
     bad = bioscale("arch", "summary", "resnet18", "--dataset", "cifar10", "--stack", "2")
     assert bad.returncode == 2 and "cannot be stacked" in bad.stderr and "Traceback" not in bad.stderr
 

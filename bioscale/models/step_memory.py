@@ -2,9 +2,9 @@
 
 ``bioscale.models.summary`` counts one backprop step of the bare net. A rule changes that (feedback matrices,
 target propagation's inverses and their optimiser, sign-symmetry's workspace), and a stack of M jobs
-(``bioscale.stack``) holds its stacked net, each member's solo model (the scratch copies its checkpoints and
-diagnostics are read from), the stacked optimiser's state and the stacked layers' temporaries (the stacked
-LC layer's unfolded inputs). So this builds exactly what the trainer builds (``build_member``,
+(``bioscale.stack``) holds its stacked net (each member's solo model, which checkpoints and diagnostics read,
+is a view of it), the stacked optimiser's state and the stacked layers' temporaries (the stacked LC layer's
+unfolded inputs on a GPU). So this builds exactly what the trainer builds (``build_member``,
 ``Stack.build``), on the meta device (no storage), and runs two training steps of every phase of the rule's
 first epoch under ``summary.LiveBytes``, which follows every storage from its creation to its release:
 ``held_bytes`` is what is live once built, ``peak_bytes`` the most live at any point of the steps (the
@@ -36,8 +36,7 @@ class StepMemory:
     batch_size: int
     """Per member."""
     held_bytes: int
-    """Live once built: parameters, buffers, feedback matrices, inverses (a stack: also each member's solo
-    copy), and one batch."""
+    """Live once built: parameters, buffers, feedback matrices, inverses, and one batch (per member)."""
     peak_bytes: int
     """The most live at any point of the steps, ``held_bytes`` included."""
 
@@ -53,10 +52,11 @@ def job_specs(arch: ArchSpec, dataset: str, rule: str, batch_size: int, members:
                                     "train": {"batch_size": batch_size}, "seed": s}) for s in range(members)]
 
 
-def trace_step(arch: ArchSpec, dataset: str, info: DataShape, rule: str, batch_size: int, members: int = 1
-               ) -> StepMemory:
-    """Trace ``rule``'s build and steps for one job (``members`` 1) or a stack of ``members`` jobs."""
-    from bioscale.stack import Stack, build_member, stackable
+def trace_step(arch: ArchSpec, dataset: str, info: DataShape, rule: str, batch_size: int, members: int = 1,
+               device_type: str = "cpu") -> StepMemory:
+    """Trace ``rule``'s build and steps for one job (``members`` 1) or a stack of ``members`` jobs, taking the
+    code paths a ``device_type`` ("cpu" or "cuda") device takes."""
+    from bioscale.stack import stackable
 
     if members < 1:
         raise BioscaleError(f"--stack {members}: a stack has at least one member (1: one job alone).")
@@ -66,10 +66,18 @@ def trace_step(arch: ArchSpec, dataset: str, info: DataShape, rule: str, batch_s
         if reason is not None:
             raise BioscaleError(f"{members} {rule} jobs on {arch.name} cannot be stacked: {reason}. Leave out "
                                 "--stack to see one job's memory.")
+    return trace_specs(specs, info, device_type)
+
+
+def trace_specs(specs: list[JobSpec], info: DataShape, device_type: str = "cpu") -> StepMemory:
+    """Trace the build and steps of these jobs: one alone, or several as one stack (they must stack)."""
+    from bioscale.stack import Stack, build_member
+
+    members, batch_size = len(specs), specs[0].train.batch_size
     meta = torch.device("meta")
     lead = (members,) if members > 1 else ()
     tracker = LiveBytes()
-    with tracker, _fused_as_on_a_device():
+    with tracker, _as_on(device_type):
         with meta:
             if members > 1:
                 stack = Stack.build(specs, info, meta)
@@ -87,23 +95,43 @@ def trace_step(arch: ArchSpec, dataset: str, info: DataShape, rule: str, batch_s
             begin_phase(phase)
             for _ in range(2):
                 step(x, y)
-    return StepMemory(rule, members, batch_size, held, tracker.peak)
+    return StepMemory(specs[0].rule.name, members, batch_size, held, tracker.peak)
 
 
 @contextlib.contextmanager
-def _fused_as_on_a_device() -> Iterator[None]:
+def _as_on(device_type: str) -> Iterator[None]:
+    """Take the paths a ``device_type`` device takes where they differ in memory: the fused optimisers (see
+    ``_fused_as_on_a_device``), and for a stack on a GPU the batched LC layer (its unfolded inputs) and the
+    flat optimiser step (its copies of the gradients) instead of the CPU's member-by-member ones."""
+    from bioscale.stack.layers import StackedLC2d
+    from bioscale.stack.optim import StackedOptimizer
+
+    if device_type not in ("cpu", "cuda"):
+        raise BioscaleError(f"device {device_type!r}: the memory trace follows a 'cpu' or a 'cuda' device.")
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_fused_as_on_a_device(device_type))
+        if device_type == "cuda":
+            stack.enter_context(mock.patch.object(StackedLC2d, "batched_on", (*StackedLC2d.batched_on, "meta")))
+            stack.enter_context(mock.patch.object(StackedOptimizer, "flat_on", (*StackedOptimizer.flat_on, "meta")))
+        yield
+
+
+@contextlib.contextmanager
+def _fused_as_on_a_device(device_type: str = "cpu") -> Iterator[None]:
     """Build and step optimisers as on a CPU or GPU, where the default ``impl: fused`` runs torch's
     ``_fused_adam_``/``_fused_sgd_`` (no parameter-sized temporaries; foreach Adam makes one, 25% too much
-    for an FC net) and a stack's Adam runs that kernel member by member. torch lists no fused kernels for
-    meta, so ``bioscale.optim.impl_flags`` and torch's own check would fall back to foreach; the fused ops do
-    have meta kernels. So for the trace only, meta joins the list both of them read (torch's private
-    ``_get_fused_kernels_supported_devices``; should a release rename it, the trace still runs, as foreach,
-    one parameter size high) and the stacked optimiser's ``fused_on``."""
+    for an FC net) and, on the CPU, a stack's Adam runs that kernel member by member. torch lists no fused
+    kernels for meta, so ``bioscale.optim.impl_flags`` and torch's own check would fall back to foreach; the
+    fused ops do have meta kernels. So for the trace only, meta joins the list both of them read (torch's
+    private ``_get_fused_kernels_supported_devices``; should a release rename it, the trace still runs, as
+    foreach, one parameter size high) and, for a CPU, the stacked optimiser's ``fused_on``."""
     from bioscale.stack.optim import StackedOptimizer
 
     optimizer = importlib.import_module("torch.optim.optimizer")
     with contextlib.ExitStack() as stack:
-        stack.enter_context(mock.patch.object(StackedOptimizer, "fused_on", (*StackedOptimizer.fused_on, "meta")))
+        if device_type == "cpu":
+            stack.enter_context(mock.patch.object(StackedOptimizer, "fused_on",
+                                                  (*StackedOptimizer.fused_on, "meta")))
         devices = getattr(optimizer, "_get_fused_kernels_supported_devices", None)
         if devices is not None:
             stack.enter_context(mock.patch.object(optimizer, "_get_fused_kernels_supported_devices",
@@ -111,13 +139,13 @@ def _fused_as_on_a_device() -> Iterator[None]:
         yield
 
 
-def render_step(mem: StepMemory, solo: StepMemory | None = None) -> str:
+def render_step(mem: StepMemory, solo: StepMemory | None = None, device: str = "cuda") -> str:
     """Lines for ``bioscale arch summary --rule R [--stack M]``; ``solo`` is one member alone, for comparison."""
     who = f"one {mem.rule} job" if mem.members == 1 else f"a stack of {mem.members} {mem.rule} jobs"
     each = " each" if mem.members > 1 else ""
-    copies = "; members' solo copies" if mem.members > 1 else ""
-    lines = [f"memory of {who}, batch {mem.batch_size}{each} (its own step, traced):",
-             f"  built            {fmt_bytes(mem.held_bytes):>15}  (weights, buffers{copies})",
+    on = "a GPU" if device == "cuda" else "the CPU"
+    lines = [f"memory of {who} on {on}, batch {mem.batch_size}{each} (its own step, traced):",
+             f"  built            {fmt_bytes(mem.held_bytes):>15}  (weights, buffers)",
              f"  peak of a step   {fmt_bytes(mem.peak_bytes):>15}"]
     if solo is not None and mem.members > 1:
         lines.append(f"  {mem.members} jobs alone    {fmt_bytes(mem.members * solo.peak_bytes):>15}  "

@@ -211,12 +211,12 @@ def render(summary: ArchSummary) -> str:
 
 
 def describe_arch(name: str, dataset: str, batch_size: int, params: list[str], rule: str | None = None,
-                  stack: int = 1) -> str:
+                  stack: int = 1, device: str = "cuda") -> str:
     """``bioscale arch summary``: the table for arch ``name`` built for ``dataset``'s registered shape, with
     ``params`` as KEY=VALUE strings; an arch that cannot be built for that dataset is refused by the same
     compatibility check grid validation uses. With ``rule`` (bp when only ``stack`` is given) it adds the
     traced memory of that rule's own step, for one job and for a stack of ``stack`` jobs
-    (``bioscale.models.step_memory``)."""
+    (``bioscale.models.step_memory``), on the code paths of a ``device`` ("cuda" or "cpu") device."""
     from pydantic import ValidationError
 
     from bioscale.catalog import ARCHS, DATASETS, compat
@@ -242,7 +242,8 @@ def describe_arch(name: str, dataset: str, batch_size: int, params: list[str], r
     from bioscale.models.step_memory import render_step, trace_step
 
     rule = RULES.get(rule or "bp").name
-    solo = trace_step(spec, dataset, shape, rule, batch_size)
+    solo = trace_step(spec, dataset, shape, rule, batch_size, device_type=device)
     if stack == 1:
-        return f"{text}\n\n{render_step(solo)}"
-    return f"{text}\n\n{render_step(trace_step(spec, dataset, shape, rule, batch_size, stack), solo)}"
+        return f"{text}\n\n{render_step(solo, device=device)}"
+    stacked = trace_step(spec, dataset, shape, rule, batch_size, stack, device_type=device)
+    return f"{text}\n\n{render_step(stacked, solo, device=device)}"

@@ -188,6 +188,9 @@ class Stack:
             raise BioscaleError(f"these jobs cannot train as one stack: {reason}. Run them unstacked (--stack 1).")
         self.members = members
         self.net = stack_models([m.model for m in members])
+        for i, mem in enumerate(members):  # the solo models now hold views of the stack: no second copy
+            self.net.bind_member(i, mem.model)
+            _release_optimizer_state(mem)
         self.rng = MemberRNG([m.rng for m in members])
         self.rule = stacked_rule([m.rule for m in members], self.net, self.rng)
 
@@ -225,18 +228,28 @@ class Stack:
 
     # -- members out and in -------------------------------------------------------------------------------
     def member_state(self, m: int) -> dict[str, Any]:
-        """Member m's resumable state as ``Trainer.save`` writes it (model, rule, generators)."""
+        """Member m's resumable state as ``Trainer.save`` writes it (model, rule, generators): copies, owned by
+        the caller (the solo model's tensors are views of the stack, and ``torch.save`` of a view writes its
+        whole storage: every member's weights)."""
         model, rule = self.member(m)
         rng = self.rng.states[m]
-        return {"model": model.state_dict(), "rule": rule.state_dict(), "torch_rng": rng.cpu.clone(),
-                "cuda_rng": [rng.cuda.clone()] if rng.cuda is not None else [], "python_rng": rng.python}
+        state = {"model": {k: v.clone() for k, v in model.state_dict().items()}, "rule": rule.state_dict(),
+                 "torch_rng": rng.cpu.clone(), "cuda_rng": [rng.cuda.clone()] if rng.cuda is not None else [],
+                 "python_rng": rng.python}
+        _release_optimizer_state(self.members[m])  # the dict holds it now
+        return state
 
     def member(self, m: int) -> tuple[nn.Module, Rule]:
-        """Member m's solo model and rule, holding the stack's current state (a copy: writing to them does not
-        change the stack; ``load_member_state`` does). They are scratch objects, refilled by every call (of this
-        stack or of a ``subset`` of it, which shares them)."""
+        """Member m's solo model and rule, holding the stack's current state. The model's tensors are the
+        stack's own (views, ``StackedNet.bind_member``: read them, do not write; ``load_member_state`` writes);
+        its optimisers' state is a copy, loaded here and dropped from every other member, so at most one
+        member's solo optimiser state exists at a time. Scratch objects, refilled by every call (of this stack
+        or of a ``subset`` of it, which shares them)."""
         mem = self.members[m]
-        mem.model.load_state_dict(self.net.member_state_dict(m))
+        self.net.bind_member(m, mem.model)
+        for other in self.members:
+            if other is not mem:
+                _release_optimizer_state(other)
         state = {"optimizers": {}}
         for key, opt in self.rule.optimizers.items():
             solo = mem.rule.optimizers[key].state_dict()
@@ -264,15 +277,22 @@ class Stack:
         from bioscale.stack.rng import RNGState
 
         mem = self.members[m]
-        mem.model.load_state_dict(state["model"])
+        self.net.bind_member(m, mem.model)
+        mem.model.load_state_dict(state["model"])  # into the stack's slice m: the solo model is bound to it
         mem.rule.load_state_dict(state["rule"])
-        self.net.load_member_state_dict(m, mem.model.state_dict())
         for key, opt in self.rule.optimizers.items():
             opt.load_member_state_dict(m, self.rule.order[key], mem.rule.optimizers[key].state_dict())
+        _release_optimizer_state(mem)
         old = self.rng.states[m]
         cuda = state.get("cuda_rng") or []
         self.rng.states[m] = RNGState(state["torch_rng"].cpu(), cuda[0].cpu() if cuda and old.cuda is not None
                                       else old.cuda, state.get("python_rng", old.python), old.device)
+
+
+def _release_optimizer_state(mem: Member) -> None:
+    """Drop the solo rule's optimiser state (Adam's two moments: twice the weights), kept by the stack."""
+    for opt in mem.rule.optimizers.values():
+        opt.state.clear()
 
 
 __all__ = ["PER_MEMBER", "STACKED_CLASSES", "STACK_ARCHS", "STACK_RULES", "Member", "Stack", "build_member",

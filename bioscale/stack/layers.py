@@ -369,14 +369,22 @@ class StackedNet(nn.Module):
         """Member m's solo ``state_dict`` (copies)."""
         return {k: v[m].detach().clone() for k, v in self.state_dict().items()}
 
-    def load_member_state_dict(self, m: int, sd: dict[str, Tensor]) -> None:
+    def bind_member(self, m: int, model: nn.Module) -> None:
+        """Make member m's solo model hold slice m of this stack's tensors instead of its own copies.
+
+        Its parameters and (persistent) buffers keep their identity, so its optimiser, feedback sources and
+        caches still refer to them, but their storage becomes the stack's (``.data`` rebinding): the solo model
+        always reads the stack's current values and costs no memory of its own (a stack of M CIFAR LC jobs held
+        M extra copies of the weights and B). Nothing but loading a member's checkpoint should write to it; a
+        write there is a write to the stack. Idempotent.
+        """
         own = self.state_dict()
-        if set(sd) != set(own):
-            raise BioscaleError(f"a solo state with keys {sorted(set(sd) ^ set(own))} not in both does not fit "
-                                "this stack.")
-        with torch.no_grad():
-            for k, t in own.items():
-                t[m].copy_(sd[k])
+        solo = model.state_dict(keep_vars=True)
+        if set(solo) != set(own):
+            raise BioscaleError(f"a solo model with tensors {sorted(set(solo) ^ set(own))} not in both does not "
+                                "fit this stack.")
+        for k, t in solo.items():
+            t.data = own[k][m]  # unconditionally: pointers cannot tell tensors apart on the meta device
 
 
 def stack_models(models: list[nn.Module]) -> StackedNet:

@@ -29,15 +29,15 @@ def test_one_bp_job_agrees_with_the_summary() -> None:
     assert abs(t.peak_bytes - s.peak_bytes) <= 0.10 * s.peak_bytes, (t.peak_bytes, s.peak_bytes)
 
 
-@pytest.mark.parametrize("rule", ["fa", "dtp"])
-def test_a_stack_holds_its_stacked_net_and_every_members_solo_copy(rule: str) -> None:
+@pytest.mark.parametrize("rule", ["fa", "ss", "dtp"])
+def test_a_stack_holds_what_its_members_hold_alone(rule: str) -> None:
+    """Once built, a stack of 4 holds exactly 4 jobs' tensors (its members' solo models are views of it, not
+    copies; a copy would show as one more member's worth), and its step needs at least 4 jobs' steps."""
     solo = trace_step(ArchSpec(name="fc"), "mnist", MNIST, rule, 64)
     stack = trace_step(ArchSpec(name="fc"), "mnist", MNIST, rule, 64, members=4)
     params = summarize(ArchSpec(name="fc"), MNIST, 64).param_bytes
-    assert stack.held_bytes >= 2 * 4 * params  # stacked weights + 4 solo copies
-    # more than 4 jobs alone hold once built (the copies), and its step at least 4 jobs' steps (the stacked
-    # optimiser's temporaries come on top: measured against RSS below)
-    assert stack.held_bytes > 4 * solo.held_bytes
+    assert stack.held_bytes >= 4 * params
+    assert abs(stack.held_bytes - 4 * solo.held_bytes) <= 0.05 * params, (stack.held_bytes, solo.held_bytes)
     assert stack.step_bytes >= 4 * solo.step_bytes
 
 
