@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -174,6 +175,52 @@ def test_a_killed_worker_fails_only_its_own_job(tmp_path: Path) -> None:
     assert again.returncode == 0 and set(_statuses(results).values()) == {"done"}
     claimed = [e for e in _claims(results / "rc" / victim["job"]) if e["event"] == "claimed"]
     assert claimed[-1]["note"] == f"took over from pid {victim['pid']} on {claimed[0]['host']}"
+
+
+def test_a_killed_worker_holding_a_stack_fails_its_members_only_and_they_resume(tmp_path: Path) -> None:
+    """--stack 2 with 2 workers: each worker trains a stack of 2 jobs. SIGKILL one worker: both members of its
+    stack are recorded failed (the others finish), and a re-run takes them over and resumes each from its own
+    last checkpoint (no checkpointed epoch is trained again)."""
+    grid, results = _grid(tmp_path, seeds=4, epochs=6, train_size=2048), tmp_path / "results"
+    args = ["run", str(grid), "--results", str(results), "--executor", "local", "--workers", "2", "--stack", "2",
+            "--threads", "1", "--quiet"]
+    proc = _start(*args)
+    victim: dict[str, Any] = {}
+
+    def a_worker_holds_a_stack() -> bool:
+        held: dict[int, list[str]] = {}
+        for job in _jobs(results) if (results / "rc").is_dir() else []:
+            lease = claims.live_lease(job)
+            if lease is not None and lease.pid != proc.pid and _epochs(job) >= 2:
+                held.setdefault(lease.pid, []).append(job.name)
+        for pid, jobs in held.items():
+            if len(jobs) == 2:
+                victim.update(pid=pid, jobs=jobs, epochs={j: _epochs(results / "rc" / j) for j in jobs})
+                return True
+        return False
+
+    _wait_for(a_worker_holds_a_stack, what="a worker holding a stack of 2 with two epochs done")
+    os.kill(victim["pid"], signal.SIGKILL)
+    _out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in err
+    statuses = _statuses(results)
+    for job in victim["jobs"]:
+        assert statuses.pop(job) == "failed"
+        result = Store(results).job_dir("rc", job).read_result()
+        assert "worker process died (killed by SIGKILL" in result.error
+        assert _epochs(results / "rc" / job) >= victim["epochs"][job]  # what it had finished is kept
+    assert set(statuses.values()) == {"done"}
+    kept = {job: (results / "rc" / job / "metrics.jsonl").read_text().splitlines() for job in victim["jobs"]}
+    again = _run(*args)
+    assert again.returncode == 0 and set(_statuses(results).values()) == {"done"}
+    for job in victim["jobs"]:
+        claimed = [e for e in _claims(results / "rc" / job) if e["event"] == "claimed"]
+        assert claimed[-1]["note"] == f"took over from pid {victim['pid']} on {claimed[0]['host']}"
+        lines = (results / "rc" / job / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4, 5, 6]
+        # resumed: its epochs (and their epoch times, which a retrain would change) are the ones it had, but
+        # for the last when the kill fell between that epoch's metrics and its checkpoint (then it is redone)
+        assert len(kept[job]) >= 2 and lines[:len(kept[job]) - 1] == kept[job][:-1]
 
 
 def test_a_killed_main_process_leaves_no_orphans(tmp_path: Path) -> None:
