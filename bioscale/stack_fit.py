@@ -11,6 +11,7 @@ device has free now: ``torch.cuda.mem_get_info`` on a GPU, the memory the OS rep
 from __future__ import annotations
 
 import random
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,11 +54,17 @@ def members_that_fit(specs: list[JobSpec], info: DataShape, device: Any) -> Fit:
     from bioscale.models.step_memory import trace_specs
 
     device = torch.device(device)
-    state = random.getstate()
-    with torch.random.fork_rng(devices=[]):  # the trace builds the members, seeding as they do
-        needed = trace_specs(specs, info, "cuda" if device.type == "cuda" else "cpu").peak_bytes
-    random.setstate(state)
     available = available_bytes(device)
+    state = random.getstate()
+    try:
+        with torch.random.fork_rng(devices=[]):  # the trace builds the members, seeding as they do
+            needed = trace_specs(specs, info, "cuda" if device.type == "cuda" else "cpu").peak_bytes
+    except Exception as exc:  # an estimate that cannot be made must not fail the jobs: try the stack
+        warnings.warn(f"could not trace the memory of a stack of {len(specs)} ({type(exc).__name__}: {exc}); "
+                      "building it without checking that it fits", stacklevel=2)
+        return Fit(len(specs), 0, available)
+    finally:
+        random.setstate(state)
     if needed <= HEADROOM * available:
         return Fit(len(specs), needed, available)
     per_member = needed / len(specs)

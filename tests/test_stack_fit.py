@@ -38,6 +38,20 @@ def test_members_that_fit_the_free_memory(monkeypatch: pytest.MonkeyPatch) -> No
     assert "trains as stacks of at most 1" in fit.note(4)
 
 
+def test_a_stack_whose_memory_cannot_be_traced_is_built_anyway(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check is an estimate: if tracing fails (a path without a meta kernel), the jobs still train."""
+    import bioscale.models.step_memory as step_memory
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise NotImplementedError("no meta kernel for this op")
+
+    monkeypatch.setattr(step_memory, "trace_specs", broken)
+    specs = job_specs(ArchSpec(name="fc"), "mnist", "fa", 64, 3)
+    with pytest.warns(UserWarning, match="building it without checking"):
+        fit = stack_fit.members_that_fit(specs, MNIST, "cpu")
+    assert fit.members == 3
+
+
 def test_a_gpu_stack_is_traced_on_the_gpus_paths() -> None:
     """On a GPU the stacked LC layer unfolds every member's input at once and the optimiser steps flat: the
     trace for a CUDA device takes those paths (more memory), the CPU's trace the member-by-member ones."""
