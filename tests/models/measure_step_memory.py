@@ -4,11 +4,13 @@ batch exist (so parameters, the input and torch itself are not counted). Prints 
 The peak is ``VmHWM`` of /proc/self/status, reset just before the steps (``clear_refs``): ``getrusage``'s
 ``ru_maxrss`` would not do, Linux carries the parent's peak across fork and exec into it.
 
-    python tests/models/measure_step_memory.py ARCH FAMILY C H W CLASSES BATCH RULE STEPS [MEMBERS]
+    python tests/models/measure_step_memory.py ARCH FAMILY C H W CLASSES BATCH RULE STEPS [MEMBERS [PATHS]]
 
 With MEMBERS (> 1) it builds a stack of that many jobs of RULE (seeds 0..M-1, as
 ``bioscale.models.step_memory.job_specs``) and runs STEPS steps of every phase of the rule's first epoch
-(``trace_step``'s protocol); the base is then the RSS once the stack and its batch exist.
+(``trace_step``'s protocol); the base is then the RSS once the stack and its batch exist. PATHS ``cuda`` makes
+the stack take a GPU's code paths on the CPU (the batched LC layer, the flat optimiser step), to check the
+trace of a GPU stack (``device_type="cuda"``) where no GPU is.
 """
 
 from __future__ import annotations
@@ -37,6 +39,12 @@ def main() -> None:
 
     info = DataShape(family, (int(c), int(h), int(w)), int(classes), 1, 1)
     if len(sys.argv) > 10 and int(sys.argv[10]) > 1:
+        if len(sys.argv) > 11 and sys.argv[11] == "cuda":
+            from bioscale.stack.layers import StackedLC2d
+            from bioscale.stack.optim import StackedOptimizer
+
+            StackedLC2d.batched_on = (*StackedLC2d.batched_on, "cpu")
+            StackedOptimizer.flat_on = (*StackedOptimizer.flat_on, "cpu")
         _stacked(arch, family, info, int(batch), rule_name, int(steps), int(sys.argv[10]))
         return
     spec = JobSpec.model_validate({"dataset": "synthetic", "arch": arch, "rule": rule_name,

@@ -48,21 +48,23 @@ def test_unstackable_jobs_and_bad_sizes_are_refused_in_words() -> None:
         trace_step(ArchSpec(name="fc"), "mnist", MNIST, "bp", 8, members=0)
 
 
-@pytest.mark.parametrize("arch,rule,batch,members", [
-    ("fc", "dtp", 128, 4),  # a target rule: inverses, two optimisers, alternating phases
-    ("lc", "fa", 32, 2),  # the stacked LC layer's unfolded inputs
+@pytest.mark.parametrize("arch,rule,batch,members,paths", [
+    ("fc", "dtp", 128, 4, "cpu"),  # a target rule: inverses, two optimisers, alternating phases
+    ("lc", "fa", 32, 2, "cpu"),  # the stacked LC layer member by member, Adam fused member by member
+    ("lc", "fa", 32, 2, "cuda"),  # a GPU's paths, taken on the CPU: the batched LC layer, the flat Adam step
 ])
 def test_predicted_peak_of_a_stacked_step_is_within_10_percent_of_the_measured_peak_rss(
-        arch: str, rule: str, batch: int, members: int) -> None:
+        arch: str, rule: str, batch: int, members: int, paths: str) -> None:
     """A stack of CIFAR jobs built on the CPU in a fresh process; peak RSS of two steps of every phase above
     the RSS once the stack and its batch exist, against the trace's step bytes (same protocol; see
-    test_model_summary for why glibc is told to return freed blocks)."""
+    test_model_summary for why glibc is told to return freed blocks). ``cuda``: both take a GPU's paths, which
+    is what the trace of a stack for a GPU (``bioscale.stack_fit``) predicts."""
     if not Path("/proc/self/clear_refs").exists():
         pytest.skip("measures peak RSS through Linux's /proc/self/status")
-    predicted = trace_step(ArchSpec(name=arch), "synthetic", CIFAR, rule, batch, members).step_bytes
+    predicted = trace_step(ArchSpec(name=arch), "synthetic", CIFAR, rule, batch, members, paths).step_bytes
     script = Path(__file__).with_name("measure_step_memory.py")
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, str(script), arch, "cifar10", "3", "32", "32", "10", str(batch), rule, "2",
-                          str(members)], env=env, capture_output=True, text=True, check=True, timeout=600)
+                          str(members), paths], env=env, capture_output=True, text=True, check=True, timeout=600)
     measured = json.loads(out.stdout.strip().splitlines()[-1])["step_peak"]
     assert abs(predicted - measured) <= 0.10 * measured, (predicted / 2**20, measured / 2**20)
