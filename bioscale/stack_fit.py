@@ -35,15 +35,18 @@ class Fit:
     available: int
 
     def note(self, size: int) -> str:
+        how = f"as stacks of at most {self.members}" if self.members > 1 else "one job at a time"
         return (f"a stack of {size} was predicted to need {fmt_bytes(self.needed)} at its peak, and the device had "
-                f"{fmt_bytes(self.available)} free: it trains as stacks of at most {self.members} "
+                f"{fmt_bytes(self.available)} free: its jobs train {how} "
                 "(`bioscale arch summary ... --rule R --stack M` shows what a stack needs)")
 
 
 def available_bytes(device: torch.device) -> int:
-    """Free memory of ``device`` now."""
+    """Free memory of ``device`` now; on a GPU, with what torch's allocator holds cached but unused (an earlier
+    stack's blocks in this process), which the driver counts as taken."""
     if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(torch.cuda.mem_get_info(device)[0] + cached)
     import psutil
 
     return int(psutil.virtual_memory().available)

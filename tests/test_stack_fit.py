@@ -35,7 +35,8 @@ def test_members_that_fit_the_free_memory(monkeypatch: pytest.MonkeyPatch) -> No
         _pretend_free(monkeypatch, free)
         fit = stack_fit.members_that_fit(specs, MNIST, "cpu")
         assert (fit.members, fit.needed, fit.available) == (members, needed, int(free)), free
-    assert "trains as stacks of at most 1" in fit.note(4)
+    assert "its jobs train one job at a time" in fit.note(4)
+    assert "its jobs train as stacks of at most 3" in stack_fit.Fit(3, 10, 9).note(4)
 
 
 def test_a_stack_whose_memory_cannot_be_traced_is_built_anyway(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -84,7 +85,8 @@ def test_a_stack_that_does_not_fit_trains_as_smaller_stacks(tmp_path: Path, monk
         _close(_rows(solo, job), _rows(stacked, job))
         recorded = stacked.job_dir("g", job.job_id).read_result()
         assert recorded is not None and recorded.status == "done"
-        assert f"trains as stacks of at most {fits}" in (recorded.error or "")
+        expected = f"as stacks of at most {fits}" if fits > 1 else "one job at a time"
+        assert "a stack of 4 was predicted to need" in (recorded.error or "") and expected in recorded.error
         if fits == 1:
             assert recorded.provenance is not None and not recorded.provenance.stack
         else:
@@ -95,3 +97,11 @@ def test_the_free_memory_of_this_machine() -> None:
     import psutil
 
     assert 0 < stack_fit.available_bytes(torch.device("cpu")) <= psutil.virtual_memory().total
+
+
+def test_a_gpus_free_memory_counts_what_torchs_allocator_holds_unused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An earlier stack in the same worker leaves blocks in torch's cache: free to torch, taken to the driver."""
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (3 * 2**30, 16 * 2**30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 5 * 2**30)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 1 * 2**30)
+    assert stack_fit.available_bytes(torch.device("cuda")) == 7 * 2**30
